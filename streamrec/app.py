@@ -1,0 +1,245 @@
+"""The Faust app: topics, tables, agents and web pages of a streamrec worker, top to bottom.
+
+    interactions --(process_interactions)--> user_state table (RocksDB + changelog)
+                                         \--> scorer --> recommendations
+                                         \--> interactions-dlq   (bad input, with the reason)
+    items --------(update_catalog)-------> catalog global table  (titles for text-aware scoring)
+
+The agent takes events from the stream in small batches (``take_events``) instead of one by one: per-event
+``async for`` overhead in Faust is what limits a worker, and a batch lets one scorer call serve many users.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from typing import Any, Iterator
+
+import faust
+from faust import streams as faust_streams
+
+from . import messages, metrics
+from .config import Settings
+from .events import InvalidEvent, parse_event
+from .scoring import CooccurrenceScorer, ScoreRequest, Scored
+from .state import apply_event, history_items, seen_items
+from .topics import DEAD_LETTER, INTERACTIONS, ITEMS, RECOMMENDATIONS, spec_for
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def processing(event: faust.EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event while we touch tables.
+
+    Faust routes table reads and changelog writes by the *current* event's partition, which it only sets in
+    per-event iteration; ``take_events`` hands us a list, so we set it per event ourselves.
+    """
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
+
+
+def broker_credentials(settings: Settings) -> Any:
+    proto = settings.kafka_security_protocol.upper()
+    ssl_context = None
+    if "SSL" in proto:
+        import ssl
+        ssl_context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
+        if settings.kafka_ssl_certfile:
+            ssl_context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile or None)
+    if proto.startswith("SASL"):   # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, over TLS when SASL_SSL
+        return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
+                                     mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=ssl_context)
+    if proto == "SSL":
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+def build_scorer(settings: Settings):
+    """The scorer the worker uses: the language model when one is configured, else co-occurrence."""
+    choice = settings.scorer
+    if choice == "auto":
+        choice = "lm" if settings.model_dir else "cooc"
+    if choice == "cooc":
+        return CooccurrenceScorer()
+    if choice == "lm":
+        from .serving import build_lm_scorer   # heavy imports only when asked for
+        return build_lm_scorer(settings)
+    raise ValueError(f"unknown scorer {settings.scorer!r} (auto, lm or cooc)")
+
+
+def create_app(settings: Settings, scorer=None) -> faust.App:
+    n_partitions = spec_for(settings, INTERACTIONS).partitions
+    app = faust.App(
+        settings.app_id,
+        broker="kafka://" + settings.kafka_bootstrap.replace(",", ";kafka://"),
+        broker_credentials=broker_credentials(settings),
+        store="rocksdb://",
+        datadir=settings.data_dir,
+        topic_partitions=n_partitions,
+        topic_allow_declare=False,     # topics come from topics/ (streamrec topics apply), not from Faust
+        topic_disable_leader=True,
+        processing_guarantee=settings.processing_guarantee,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 4),
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=4096,
+        producer_linger_ms=5,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_enabled=True,
+        table_cleanup_interval=60.0,
+    )
+    app.settings = settings
+    interactions = app.topic(settings.topic(INTERACTIONS), key_serializer="raw", value_serializer="raw",
+                             partitions=n_partitions)
+    items = app.topic(settings.topic(ITEMS), key_serializer="raw", value_serializer="raw")
+    recommendations = app.topic(settings.topic(RECOMMENDATIONS), key_serializer="raw", value_serializer="raw")
+    dead_letters = app.topic(settings.topic(DEAD_LETTER), key_serializer="raw", value_serializer="raw")
+
+    user_state = app.Table("user_state", default=None, partitions=n_partitions,
+                           help="per-user history, counters, last seen and recently applied event ids")
+    catalog = app.GlobalTable("catalog", default=None, partitions=spec_for(settings, ITEMS).partitions,
+                              help="item records from the items topic")
+    scorer = scorer or build_scorer(settings)
+    fallback = scorer if isinstance(scorer, CooccurrenceScorer) else getattr(scorer, "fallback", None)
+    unavailable: set[str] = set()
+    app.scorer, app.user_state, app.catalog = scorer, user_state, catalog
+
+    async def dead_letter(event: faust.EventT, error: str, reason: str) -> None:
+        msg = event.message
+        await dead_letters.send(key=msg.key, value=messages.encode(messages.dead_letter(
+            reason=reason, error=error, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
+            key=msg.key, value=msg.value)))
+        metrics.EVENTS.labels("dead_letter").inc()
+        log.warning("dead-lettered %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
+
+    async def score(requests: list[ScoreRequest]) -> list[Scored]:
+        started = time.perf_counter()
+        try:
+            if hasattr(scorer, "score_async"):
+                results = await scorer.score_async(requests)
+            else:
+                results = scorer.score(requests)
+        except Exception as exc:   # a scorer bug must not stop the stream: answer from the fallback, say so
+            if fallback is None or fallback is scorer:
+                raise
+            log.exception("scorer failed, using fallback")
+            metrics.FALLBACKS.labels("error").inc(len(requests))
+            results = fallback.score(requests)
+            for r in results:
+                r.fallback, r.fallback_reason = True, f"{type(exc).__name__}: {exc}"[:200]
+        metrics.COMPUTE.labels(getattr(scorer, "name", "?")).observe(time.perf_counter() - started)
+        metrics.SCORE_BATCH.observe(len(requests))
+        return results
+
+    @app.agent(interactions, name="process_interactions")
+    async def process_interactions(stream):
+        async for batch in stream.take_events(settings.take_batch, within=settings.take_within_s):
+            metrics.AGENT_BATCH.observe(len(batch))
+            applied: list[tuple[Any, dict, bool]] = []
+            for event in batch:
+                try:
+                    interaction = parse_event(event.message.value, settings.max_event_bytes)
+                except InvalidEvent as exc:
+                    await dead_letter(event, exc.kind, exc.reason)
+                    continue
+                key = event.message.key
+                if key != interaction.user_id.encode():
+                    # A user's events must share a partition (that is where their state lives): re-key, like
+                    # Faust's group_by, and let the copy be applied when it comes back.
+                    await interactions.send(key=interaction.user_id.encode(), value=event.message.value)
+                    metrics.EVENTS.labels("rekeyed").inc()
+                    continue
+                try:
+                    with processing(event):
+                        before = user_state.get(interaction.user_id)
+                        after, is_new = apply_event(before, interaction, history_size=settings.history_size,
+                                                    dedupe_window=settings.dedupe_window)
+                        if is_new:
+                            user_state[interaction.user_id] = after
+                except Exception as exc:   # keep the worker alive; the event is kept in the dead-letter topic
+                    log.exception("failed to apply event")
+                    await dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:500])
+                    continue
+                if is_new:
+                    scorer.observe(history_items(before), interaction.item_id)
+                    if fallback is not None and fallback is not scorer:
+                        fallback.observe(history_items(before), interaction.item_id)
+                metrics.EVENTS.labels("applied" if is_new else "duplicate").inc()
+                applied.append((interaction, after, not is_new))
+            if not applied:
+                continue
+            # Coalesce: one request per user, from their newest state; every event of theirs gets the answer.
+            latest = {i.user_id: s for i, s, _ in applied}
+            users = list(latest)
+            requests = [ScoreRequest(u, tuple(history_items(latest[u])), settings.top_k,
+                                     frozenset(seen_items(latest[u]) | unavailable)) for u in users]
+            answers = dict(zip(users, await score(requests)))
+            for interaction, _, redelivered in applied:
+                msg = messages.recommendation(interaction.user_id, answers[interaction.user_id],
+                                              trigger_event_id=interaction.event_id,
+                                              event_timestamp=interaction.timestamp, redelivered=redelivered)
+                await recommendations.send(key=interaction.user_id.encode(), value=messages.encode(msg))
+            metrics.RECOMMENDATIONS.inc(len(applied))
+
+    @app.agent(items, name="update_catalog")
+    async def update_catalog(stream):
+        import json
+        async for event in stream.events():
+            msg = event.message
+            item_id = msg.key.decode(errors="replace") if msg.key else None
+            try:
+                record = None if msg.value is None else json.loads(msg.value)
+                if record is not None:
+                    from .catalog import validate_item
+                    validate_item(record)
+                    item_id = record["item_id"]
+            except (ValueError, KeyError) as exc:
+                await dead_letter(event, "schema", f"item record: {exc}")
+                continue
+            if item_id is None:
+                await dead_letter(event, "schema", "item record without key or item_id")
+                continue
+            if record is None:
+                catalog.pop(item_id, None)
+                unavailable.add(item_id)
+            else:
+                catalog[item_id] = record
+                (unavailable.discard if record.get("available", True) else unavailable.add)(item_id)
+            if hasattr(scorer, "on_item"):
+                scorer.on_item(item_id, record)
+            metrics.CATALOG_ITEMS.set(len(catalog))
+
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/health")
+    async def health(web, request):
+        return web.json({"status": "ok", "app_id": settings.app_id})
+
+    @app.page("/ready")
+    async def ready(web, request):
+        recovered = app.tables.recovery.completed.is_set()
+        ok = recovered and not app.rebalancing
+        return web.json({"ready": ok, "recovered": recovered, "rebalancing": bool(app.rebalancing)},
+                        status=200 if ok else 503)
+
+    @app.page("/recommendations/{user_id}")
+    @app.table_route(table=user_state, match_info="user_id")
+    async def lookup(web, request, user_id):
+        state = user_state.get(user_id)
+        if state is None:
+            return web.json({"error": f"unknown user {user_id!r}"}, status=404)
+        [answer] = await score([ScoreRequest(user_id, tuple(history_items(state)), settings.top_k,
+                                             frozenset(seen_items(state) | unavailable))])
+        return web.json(messages.recommendation(user_id, answer, trigger_event_id="", event_timestamp=state["last_seen"]))
+
+    return app

@@ -1,0 +1,159 @@
+"""The ``streamrec`` command line: one subcommand per job. Settings: flags > STREAMREC_* env vars > defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import Settings, add_arguments, from_args
+
+KAFKA = ["kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+         "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "topic_prefix",
+         "topics_file", "app_id"]
+
+
+def cmd_worker(args) -> int:
+    settings = from_args(args)
+    from faust.worker import Worker
+    from .app import create_app
+    app = create_app(settings)
+    logging.getLogger(__name__).info("settings: %s", json.dumps(settings.as_dict()))
+    Worker(app, loglevel=settings.log_level).execute_from_commandline()
+    return 0
+
+
+def cmd_topics(args) -> int:
+    from . import topics
+    settings = from_args(args)
+    if args.action == "list":
+        for s in topics.load_specs(settings):
+            print(f"{s.name:<40} partitions={s.partitions:<3} {' '.join(f'{k}={v}' for k, v in s.config.items())}")
+        return 0
+    report = topics.apply(settings, create=args.action == "apply")
+    for name in report.created:
+        print(f"created  {name}")
+    for name in report.ok:
+        print(f"ok       {name}")
+    for d in report.drift:
+        print(f"DRIFT    {d}")
+    return 1 if report.drift else 0
+
+
+def cmd_replay(args) -> int:
+    from .datasets import read_events
+    from .replay import replay
+    settings = from_args(args)
+    events = read_events(args.file, args.format)
+    if args.limit:
+        events = events[: args.limit]
+    n = replay(settings, events, rate=args.rate, total=len(events), progress=not args.quiet)
+    print(f"replayed {n} events from {args.file} to {settings.topic('interactions')}")
+    return 0
+
+
+def cmd_catalog(args) -> int:
+    from .datasets import read_titles
+    from .replay import load_catalog
+    settings = from_args(args)
+    n = load_catalog(settings, read_titles(args.file), progress=not args.quiet)
+    print(f"loaded {n} items from {args.file} to {settings.topic('items')}")
+    return 0
+
+
+def cmd_tail(args) -> int:
+    from .datasets import read_titles
+    from .tail import follow, printer
+    settings = from_args(args)
+    topic = settings.topic("interactions-dlq" if args.dead_letters else "recommendations")
+    show = printer("dlq" if args.dead_letters else "rec", read_titles(args.titles) if args.titles else None)
+    for _, msg in follow(settings, topic, from_beginning=args.from_beginning, max_messages=args.max_messages,
+                         timeout_s=args.timeout):
+        print(json.dumps(msg) if args.json else show(msg), flush=True)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .datasets import synthetic, synthetic_titles, write_sequences
+    seqs = synthetic(args.users, args.items, args.length, seed=args.seed)
+    out = write_sequences(seqs, args.out)
+    if args.titles:
+        Path(args.titles).write_text("".join(f"{i}\tsyn{i}\t{t}\n" for i, t in synthetic_titles(args.items).items()))
+    print(f"wrote {sum(map(len, seqs.values()))} interactions of {len(seqs)} users to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamrec", description=__doc__)
+    p.add_argument("--version", action="version", version=f"streamrec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="run a Faust worker: interactions -> state -> scorer -> recommendations")
+    add_arguments(w)
+    w.set_defaults(func=cmd_worker)
+
+    t = sub.add_parser("topics", help="create the declared topics or check them for drift")
+    t.add_argument("action", choices=["apply", "check", "list"], help="apply: create missing + report drift")
+    add_arguments(t, KAFKA)
+    t.set_defaults(func=cmd_topics)
+
+    r = sub.add_parser("replay", help="produce interaction events from a file, in timestamp order")
+    r.add_argument("file", help="ratings.dat, u.data, ratings.csv, sequence .txt, CSV or JSONL")
+    r.add_argument("--format", default="auto",
+                   choices=["auto", "jsonl", "movielens-dat", "movielens-100k", "csv", "sequences"])
+    r.add_argument("--rate", type=float, default=0.0, help="events per second (0 = as fast as possible)")
+    r.add_argument("--limit", type=int, default=0, help="only the first N events (after sorting by time)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(r, KAFKA)
+    r.set_defaults(func=cmd_replay)
+
+    c = sub.add_parser("catalog", help="produce item records (titles) to the items topic")
+    c.add_argument("file", help="Beauty_items.tsv-style TSV (id, asin, title) or MovieLens movies.csv")
+    c.add_argument("--quiet", action="store_true")
+    add_arguments(c, KAFKA)
+    c.set_defaults(func=cmd_catalog)
+
+    tl = sub.add_parser("tail", help="follow the recommendations (or dead-letter) topic and print it")
+    tl.add_argument("--dead-letters", action="store_true", help="follow the dead-letter topic instead")
+    tl.add_argument("--from-beginning", action="store_true")
+    tl.add_argument("--max-messages", type=int, default=0, help="stop after N messages (0 = never)")
+    tl.add_argument("--timeout", type=float, default=0.0, help="stop after this many seconds of silence (0 = never)")
+    tl.add_argument("--titles", help="titles file to show next to item ids")
+    tl.add_argument("--json", action="store_true", help="print raw JSON messages")
+    add_arguments(tl, KAFKA)
+    tl.set_defaults(func=cmd_tail)
+
+    g = sub.add_parser("generate", help="write a synthetic sequence data set (for demos and tests)")
+    g.add_argument("out")
+    g.add_argument("--users", type=int, default=300)
+    g.add_argument("--items", type=int, default=100)
+    g.add_argument("--length", type=int, default=20)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--titles", help="also write item titles (TSV) here")
+    g.set_defaults(func=cmd_generate)
+
+    for register in _extensions():
+        register(sub)
+    return p
+
+
+def _extensions():
+    """Subcommands of the model side (train, eval, export), kept in their own modules."""
+    try:
+        from .lm_cli import register
+    except ImportError:
+        return []
+    return [register]
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

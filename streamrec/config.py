@@ -1,0 +1,116 @@
+"""The one settings object. Every knob has a default, a ``STREAMREC_*`` environment variable and a CLI flag.
+
+Precedence: CLI flag > environment variable > default. Nothing else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "STREAMREC_"
+
+
+@dataclass
+class Settings:
+    # --- Kafka connection -------------------------------------------------------------------
+    kafka_bootstrap: str = field(default="127.0.0.1:9092", metadata={"help": "Kafka bootstrap servers, comma-separated"})
+    kafka_security_protocol: str = field(default="PLAINTEXT", metadata={"help": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"})
+    kafka_sasl_mechanism: str = field(default="", metadata={"help": "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL only)"})
+    kafka_sasl_username: str = field(default="", metadata={"help": "SASL user name"})
+    kafka_sasl_password: str = field(default="", metadata={"help": "SASL password (pass it as a secret env var)"})
+    kafka_ssl_cafile: str = field(default="", metadata={"help": "CA bundle that signed the broker certificate"})
+    kafka_ssl_certfile: str = field(default="", metadata={"help": "client certificate (mutual TLS)"})
+    kafka_ssl_keyfile: str = field(default="", metadata={"help": "client private key (mutual TLS)"})
+    # --- topics -------------------------------------------------------------------------------
+    topics_file: str = field(default=str(REPO_ROOT / "topics" / "topics.json"), metadata={"help": "topic declarations"})
+    topic_prefix: str = field(default="", metadata={"help": "prefix added to every topic name (isolates tenants/tests)"})
+    # --- worker -------------------------------------------------------------------------------
+    app_id: str = field(default="streamrec", metadata={"help": "Faust app id = consumer group and changelog prefix"})
+    data_dir: str = field(default="var/worker", metadata={"help": "RocksDB table directory (one per worker)"})
+    web_port: int = field(default=6066, metadata={"help": "HTTP port: /health, /ready, /metrics, /recommendations/{user}"})
+    web_host: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address (0.0.0.0 in containers)"})
+    log_level: str = field(default="info", metadata={"help": "crit, error, warn, info or debug"})
+    session_timeout_s: float = field(default=10.0, metadata={"help": "consumer group session timeout"})
+    processing_guarantee: str = field(default="at_least_once", metadata={"help": "at_least_once or exactly_once"})
+    take_batch: int = field(default=256, metadata={"help": "events the agent takes from the stream per batch"})
+    take_within_s: float = field(default=0.02, metadata={"help": "longest wait to fill an agent batch"})
+    # --- user state ---------------------------------------------------------------------------
+    history_size: int = field(default=50, metadata={"help": "recent items kept per user"})
+    dedupe_window: int = field(default=256, metadata={"help": "recent event ids kept per user to drop redeliveries"})
+    max_event_bytes: int = field(default=16384, metadata={"help": "larger events go to the dead-letter topic"})
+    # --- scoring ------------------------------------------------------------------------------
+    top_k: int = field(default=10, metadata={"help": "items per recommendation"})
+    scorer: str = field(default="auto", metadata={"help": "auto (lm if model_dir is set, else cooc), lm or cooc"})
+    model_dir: str = field(default="", metadata={"help": "trained item language model directory (streamrec train)"})
+    backend: str = field(default="auto", metadata={"help": "auto (cuda if available else onnx-int8), torch, onnx, onnx-int8"})
+    max_batch_size: int = field(default=64, metadata={"help": "micro-batch: flush at this many requests"})
+    max_wait_ms: float = field(default=5.0, metadata={"help": "micro-batch: flush after this long"})
+    max_queue: int = field(default=4096, metadata={"help": "micro-batch: pending requests before callers wait"})
+    scorer_timeout_s: float = field(default=2.0, metadata={"help": "model call longer than this falls back to cooc"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(env_name(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def topic(self, logical_name: str) -> str:
+        """Physical topic name for a logical one declared in topics/."""
+        return f"{self.topic_prefix}{logical_name}"
+
+    def kafka_python_security(self) -> dict[str, Any]:
+        """Security keyword arguments for kafka-python clients."""
+        kw: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            kw.update(sasl_mechanism=self.kafka_sasl_mechanism or "PLAIN",
+                      sasl_plain_username=self.kafka_sasl_username,
+                      sasl_plain_password=self.kafka_sasl_password)
+        if "SSL" in self.kafka_security_protocol:
+            kw.update(ssl_cafile=self.kafka_ssl_cafile or None, ssl_certfile=self.kafka_ssl_certfile or None,
+                      ssl_keyfile=self.kafka_ssl_keyfile or None)
+        return kw
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d.get("kafka_sasl_password"):
+            d["kafka_sasl_password"] = "***"
+        return d
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _coerce(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+    if kind is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from exc
+
+
+def add_arguments(parser, names: list[str] | None = None) -> None:
+    """Add ``--flag`` options for settings (all, or the named ones) to an argparse parser."""
+    for f in fields(Settings):
+        if names is not None and f.name not in names:
+            continue
+        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                            help=f"{f.metadata.get('help', '')} [env {env_name(f.name)}, default {f.default!r}]")
+
+
+def from_args(args) -> Settings:
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
+    return Settings.from_env(**overrides)

@@ -1,0 +1,51 @@
+"""Outgoing messages: recommendations and dead letters (pure builders; schemas in ``topics/schemas/``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+from .scoring import Scored
+
+SCHEMA_VERSION = 1
+
+
+def recommendation(user_id: str, scored: Scored, *, trigger_event_id: str, event_timestamp: float,
+                   redelivered: bool = False, now: float | None = None) -> dict[str, Any]:
+    scorer: dict[str, Any] = {"name": scored.scorer, "version": scored.version, "fallback": scored.fallback}
+    if scored.fallback_reason:
+        scorer["fallback_reason"] = scored.fallback_reason
+    msg = {
+        "schema_version": SCHEMA_VERSION,
+        "user_id": user_id,
+        "items": [{"item_id": i, "score": round(float(s), 6), "rank": r}
+                  for r, (i, s) in enumerate(scored.items, start=1)],
+        "scorer": scorer,
+        "trigger_event_id": trigger_event_id,
+        "event_timestamp": event_timestamp,
+        "generated_at": time.time() if now is None else now,
+    }
+    if redelivered:
+        msg["redelivered"] = True
+    return msg
+
+
+def dead_letter(*, reason: str, error: str, source_topic: str, partition: int | None, offset: int | None,
+                key: bytes | None, value: bytes | None, now: float | None = None) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "reason": reason,
+        "error": error,
+        "source_topic": source_topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "original_key_b64": None if key is None else base64.b64encode(key).decode(),
+        "original_value_b64": base64.b64encode(value or b"").decode(),
+        "received_at": time.time() if now is None else now,
+    }
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode()

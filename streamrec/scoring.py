@@ -1,0 +1,129 @@
+"""The ``Scorer`` interface and the co-occurrence scorer (the fallback behind the language-model scorer).
+
+A scorer answers a *batch* of requests in one call, so the language-model scorer can run one forward pass per
+micro-batch (``batching.py``); the co-occurrence scorer simply loops.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    user_id: str
+    history: tuple[str, ...]                 # item ids, oldest first
+    k: int = 10
+    exclude: frozenset[str] = field(default_factory=frozenset)   # never recommend these (already consumed)
+
+
+@dataclass
+class Scored:
+    items: list[tuple[str, float]]           # best first
+    scorer: str
+    version: str
+    fallback: bool = False
+    fallback_reason: str = ""
+
+
+class Scorer(Protocol):
+    name: str
+    version: str
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]: ...
+
+    def observe(self, history: Sequence[str], item_id: str) -> None:
+        """Learn online from an applied event (history is the user's items before it). May do nothing."""
+
+
+class CooccurrenceScorer:
+    """Item popularity plus co-occurrence with the user's most recent items.
+
+    score(c) = sum over the last ``window`` history items h (newer weigh more) of
+               w_h * cooc(h, c) / sqrt(pop(h) * pop(c))            (cosine-normalised co-occurrence)
+               + popularity_weight * log1p(pop(c)) / log1p(max pop)  (breaks ties; the cold-start answer)
+
+    Counts grow online from every applied event (``observe``) and can be warm-started from a data set (``fit``)
+    or a saved file. Each item keeps at most ``max_neighbors`` co-occurring items so memory stays bounded.
+    """
+
+    name = "cooc"
+    version = "cooc-1"
+
+    def __init__(self, window: int = 5, max_neighbors: int = 200, popularity_weight: float = 0.05,
+                 decay: float = 0.7):
+        self.window = window
+        self.max_neighbors = max_neighbors
+        self.popularity_weight = popularity_weight
+        self.decay = decay
+        self.pop: Counter[str] = Counter()
+        self.cooc: dict[str, Counter[str]] = defaultdict(Counter)
+        self._max_pop = 0
+
+    # --- learning -------------------------------------------------------------------------------
+    def observe(self, history: Sequence[str], item_id: str) -> None:
+        self.pop[item_id] += 1
+        self._max_pop = max(self._max_pop, self.pop[item_id])
+        for h in set(history[-self.window:]):
+            if h == item_id:
+                continue
+            self._bump(h, item_id)
+            self._bump(item_id, h)
+
+    def _bump(self, a: str, b: str) -> None:
+        row = self.cooc[a]
+        row[b] += 1
+        if len(row) > 2 * self.max_neighbors:
+            self.cooc[a] = Counter(dict(row.most_common(self.max_neighbors)))
+
+    def fit(self, sequences: Iterable[Sequence[str]]) -> "CooccurrenceScorer":
+        for seq in sequences:
+            for i, item in enumerate(seq):
+                self.observe(seq[max(0, i - self.window):i], item)
+        return self
+
+    # --- scoring --------------------------------------------------------------------------------
+    def score_one(self, req: ScoreRequest) -> list[tuple[str, float]]:
+        scores: dict[str, float] = defaultdict(float)
+        recent = list(req.history[-self.window:])
+        weight = 1.0
+        for h in reversed(recent):
+            ph = self.pop.get(h, 0)
+            for c, n in self.cooc.get(h, {}).items():
+                scores[c] += weight * n / math.sqrt(max(ph, 1) * max(self.pop[c], 1))
+            weight *= self.decay
+        norm = math.log1p(self._max_pop) or 1.0
+        for c in scores:
+            scores[c] += self.popularity_weight * math.log1p(self.pop[c]) / norm
+        candidates = [(c, s) for c, s in scores.items() if c not in req.exclude]
+        if len(candidates) < req.k:   # not enough neighbours: top up with popular items
+            have = set(scores)
+            for c, n in self.pop.most_common(req.k + len(req.exclude) + len(have)):
+                if c not in req.exclude and c not in have:
+                    candidates.append((c, self.popularity_weight * math.log1p(n) / norm))
+                if len(candidates) >= req.k:
+                    break
+        return heapq.nlargest(req.k, candidates, key=lambda cs: (cs[1], cs[0]))
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
+        return [Scored(self.score_one(r), self.name, self.version) for r in requests]
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"version": self.version, "window": self.window, "pop": self.pop,
+                                          "cooc": {k: dict(v) for k, v in self.cooc.items()}}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CooccurrenceScorer":
+        d = json.loads(Path(path).read_text())
+        s = cls(window=d["window"])
+        s.pop = Counter(d["pop"])
+        s.cooc = defaultdict(Counter, {k: Counter(v) for k, v in d["cooc"].items()})
+        s._max_pop = max(s.pop.values(), default=0)
+        return s

@@ -1,0 +1,70 @@
+"""Per-user state and its incremental update (pure; the Faust table in ``app.py`` stores it in RocksDB).
+
+A state is a plain JSON-able dict so that the table's changelog stays readable and schema changes stay cheap:
+
+    {"history": [[item_id, event_type, timestamp], ...],   # oldest first, at most history_size
+     "counts": {"view": 3, "purchase": 1, ...},            # lifetime events applied, by type
+     "total": 4, "first_seen": 1.7e9, "last_seen": 1.7e9,
+     "recent_event_ids": ["e1", "e2", ...]}                 # at most dedupe_window, oldest first
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .events import Interaction
+
+UserState = dict[str, Any]
+
+
+def new_state() -> UserState:
+    return {"history": [], "counts": {}, "total": 0, "first_seen": None, "last_seen": None, "recent_event_ids": []}
+
+
+def is_duplicate(state: UserState, event: Interaction) -> bool:
+    return event.event_id in state["recent_event_ids"]
+
+
+def apply_event(state: UserState | None, event: Interaction, *, history_size: int = 50,
+                dedupe_window: int = 256) -> tuple[UserState, bool]:
+    """Return (new state, applied). A redelivered event (same event_id seen recently) leaves the state unchanged.
+
+    The input state is not mutated: a failure half-way through must not leave a half-applied state in the table.
+    History is kept in timestamp order, so a late event slots in where it happened instead of looking like the
+    newest interest.
+    """
+    state = new_state() if state is None else state
+    if is_duplicate(state, event):
+        return state, False
+    history = [list(h) for h in state["history"]]
+    entry = [event.item_id, event.event_type, event.timestamp]
+    pos = len(history)
+    while pos > 0 and history[pos - 1][2] > event.timestamp:
+        pos -= 1
+    history.insert(pos, entry)
+    if len(history) > history_size:
+        history = history[-history_size:]
+    counts = dict(state["counts"])
+    counts[event.event_type] = counts.get(event.event_type, 0) + 1
+    ids = state["recent_event_ids"] + [event.event_id]
+    if len(ids) > dedupe_window:
+        ids = ids[-dedupe_window:]
+    first = state["first_seen"]
+    last = state["last_seen"]
+    return {
+        "history": history,
+        "counts": counts,
+        "total": state["total"] + 1,
+        "first_seen": event.timestamp if first is None else min(first, event.timestamp),
+        "last_seen": event.timestamp if last is None else max(last, event.timestamp),
+        "recent_event_ids": ids,
+    }, True
+
+
+def history_items(state: UserState | None) -> list[str]:
+    """Item ids in time order (oldest first), repeats kept: what a sequence model reads."""
+    return [] if state is None else [h[0] for h in state["history"]]
+
+
+def seen_items(state: UserState | None) -> set[str]:
+    return set(history_items(state))
