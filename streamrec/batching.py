@@ -1,0 +1,144 @@
+"""Micro-batching: many concurrent scoring requests -> one model call.
+
+Callers (the agent, the HTTP lookup) ``await batcher.submit(request)``. A background task flushes a batch when it
+holds ``max_batch_size`` requests or its oldest request has waited ``max_wait_ms``, runs ONE scorer call in a worker
+thread (torch and ONNX Runtime release the GIL, so the event loop keeps consuming meanwhile) and resolves every
+caller. Pending requests of the same user are coalesced: the newest history is scored once and all its callers get
+that answer. The queue is bounded: when full, ``submit`` waits (backpressure to the stream) instead of dropping.
+A failing or slow model call is answered by the fallback scorer, marked ``fallback`` in the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from . import metrics
+from .scoring import ScoreRequest, Scored, Scorer
+
+
+@dataclass
+class _Pending:
+    request: ScoreRequest
+    enqueued: float
+    waiters: list[asyncio.Future] = field(default_factory=list)
+
+
+class MicroBatcher:
+    def __init__(self, scorer: Scorer, *, fallback: Scorer | None = None, max_batch_size: int = 64,
+                 max_wait_ms: float = 5.0, max_queue: int = 4096, timeout_s: float = 2.0):
+        if max_batch_size < 1 or max_queue < max_batch_size:
+            raise ValueError("need 1 <= max_batch_size <= max_queue")
+        self.scorer = scorer
+        self.fallback = fallback
+        self.name, self.version = scorer.name, scorer.version
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
+        self.model_calls = 0
+        self._pending: dict[str, _Pending] = {}          # insertion-ordered: oldest user first
+        self._arrived = asyncio.Event()
+        self._space = asyncio.Condition()
+        self._task: asyncio.Task | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+
+    # --- the Scorer protocol, async flavour ---------------------------------------------------------
+    def observe(self, history: Sequence[str], item_id: str) -> None:
+        self.scorer.observe(history, item_id)
+
+    def on_item(self, item_id: str, record: dict | None) -> None:
+        if hasattr(self.scorer, "on_item"):
+            self.scorer.on_item(item_id, record)
+
+    async def score_async(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
+        return list(await asyncio.gather(*(self.submit(r) for r in requests)))
+
+    async def submit(self, request: ScoreRequest) -> Scored:
+        self._ensure_running()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        entry = self._pending.get(request.user_id)
+        if entry is not None:       # coalesce: keep the newest state, answer everyone
+            entry.request = request
+            entry.waiters.append(fut)
+        else:
+            async with self._space:
+                await self._space.wait_for(lambda: len(self._pending) < self.max_queue)
+            entry = self._pending.get(request.user_id)   # may have appeared while we waited
+            if entry is not None:
+                entry.request = request
+                entry.waiters.append(fut)
+            else:
+                self._pending[request.user_id] = _Pending(request, time.perf_counter(), [fut])
+        metrics.QUEUE_DEPTH.set(len(self._pending))
+        self._arrived.set()
+        return await fut
+
+    # --- the flush loop -----------------------------------------------------------------------------
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="streamrec-batcher")
+
+    async def _run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            if not self._pending:
+                self._arrived.clear()
+                continue
+            oldest = next(iter(self._pending.values())).enqueued
+            deadline = oldest + self.max_wait
+            while len(self._pending) < self.max_batch_size:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            batch = [self._pending.pop(u) for u in list(self._pending)[: self.max_batch_size]]
+            if not self._pending:
+                self._arrived.clear()
+            async with self._space:
+                self._space.notify_all()
+            metrics.QUEUE_DEPTH.set(len(self._pending))
+            await self._flush(batch)
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        now = time.perf_counter()
+        for p in batch:
+            metrics.QUEUE_WAIT.observe(now - p.enqueued)
+        requests = [p.request for p in batch]
+        metrics.SCORE_BATCH.observe(len(requests))
+        try:
+            self.model_calls += 1
+            started = time.perf_counter()
+            results = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(self._pool, self.scorer.score, requests), self.timeout_s)
+            metrics.COMPUTE.labels(self.scorer.name).observe(time.perf_counter() - started)
+        except Exception as exc:      # includes the timeout: never leave a caller waiting or without an answer
+            reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else "error"
+            metrics.FALLBACKS.labels(reason).inc(len(requests))
+            if self.fallback is None:
+                for p in batch:
+                    for w in p.waiters:
+                        if not w.done():
+                            w.set_exception(exc)
+                return
+            results = self.fallback.score(requests)
+            detail = f"{reason}: {type(exc).__name__} {exc}".strip()[:200]
+            for r in results:
+                r.fallback, r.fallback_reason = True, detail
+        for p, r in zip(batch, results):
+            for w in p.waiters:
+                if not w.done():
+                    w.set_result(r)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)

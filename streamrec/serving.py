@@ -1,0 +1,561 @@
+"""The language-model scorer: ``LMScorer`` answers a batch of requests with ONE call of a trained ``ItemLM``.
+
+Backends (``Settings.backend``):
+
+    torch       torch fp32 on the CPU
+    onnx        ONNX Runtime fp32 (``export.py``; exported on first use when missing or stale)
+    onnx-int8   ONNX Runtime, dynamic int8 backbone matmuls, fp32 item-scoring matmul   <- auto without CUDA
+    cuda-bf16   torch bf16 on the GPU (item-scoring matmul in fp32)                     <- auto with CUDA
+    cuda-fp8    fp8 e4m3 Linear layers through ``torch._scaled_mm`` (Hopper/Ada): weights per output channel,
+                activations per token; the item-scoring matmul in fp8 too (per-item scales)
+    cuda-int8   the same with int8 and ``torch._int_mm`` (int32 accumulation)
+  The cuda-* backends run top-k on the device and copy back only k ids and scores per request. ``device="cpu"``
+  runs their exact arithmetic on the CPU (slowly) -- that is how the tests and ``bench/scorer_bench.py --quality``
+  check their ranking quality on a machine without a GPU.
+
+One call per batch: histories are encoded with the vocabulary (unknown items skipped), cut to the last ``max_len``
+items, left-padded to the smallest of a few fixed widths (powers of two from 8, and ``max_len``) that fits the
+batch's longest history -- so ONNX Runtime and CUDA see at most ~4 shapes per batch size -- and scored in one
+forward pass. Excluded items and padding get -inf before the top-k. ``group_lengths=N`` (off by default) trades
+the single call, for batches of at least N requests, for one call per padded width present (at most
+``len(buckets)``): with short, long-tailed histories (Amazon-like) a large batch padded to its longest history is
+mostly padding, which on a CPU costs real time -- 1.45-2.6x throughput at batch 64-1024 with N=32 in
+docs/benchmarks-scorer.md; below ~32 requests the extra calls cost more than the padding. On a GPU keep it off.
+
+Empty histories (no item the model knows): the model has never been trained to predict a first item, so those
+requests are answered from a popularity prior instead and marked ``fallback=True`` (reason ``empty-history``):
+counts of the items seen by ``observe`` (warm-started from ``popularity.json`` {item_id: count} in the model
+directory if present); before any count exists, the model's own average next-item distribution after one item
+(mean softmax over up to 256 single-item histories, computed once with the serving backend).
+
+Cold start: ``on_item(item_id, record)`` queues an unknown item with its title; before the next scoring call the
+queue (up to 256 items per call) is embedded in one ``text.embed_texts`` call -- the text the trainer embedded:
+``text.clean_title(title)`` with the encoder named in ``train_config.json`` -- appended with ``ItemLM.add_items`` +
+``set_item_text`` and the item table is recomputed. Every backend takes the item table as data (the ONNX graphs
+take it as an input, see ``export.py``), so new items are readable in histories and recommendable at once,
+with no re-export. Needs a model trained with text (``text_dim > 0``); otherwise unknown items are ignored. The
+additions live in memory only (the next training run learns them properly).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .export import FILES, TableLM, export, is_current, model_fingerprint, onnx_dir, resolve_model_dir
+from .model import PAD, ItemLM, ItemVocab
+from .scoring import CooccurrenceScorer, ScoreRequest, Scored
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "cuda-bf16", "cuda-fp8", "cuda-int8")
+_TORCH_MODES = {"torch": "fp32", "cuda-bf16": "bf16", "cuda-fp8": "fp8", "cuda-int8": "int8"}
+PRIOR_SAMPLE = 256
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``cuda-bf16`` when torch sees a GPU, else ``onnx-int8``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "cuda-bf16" if torch.cuda.is_available() else "onnx-int8"
+    return backend
+
+
+def length_buckets(max_len: int, smallest: int = 8) -> list[int]:
+    """Padded widths: 8, 16, 32, ... below ``max_len``, then ``max_len`` itself."""
+    widths, w = [], smallest
+    while w < max_len:
+        widths.append(w)
+        w *= 2
+    return widths + [max_len]
+
+
+FLUSH_LIMIT = 256   # cold-start items embedded per scoring call: a catalog burst must not stall one batch for long
+
+
+def _embed_texts(texts: list[str], model: str | None = None):
+    """The trainer's sentence encoder (``text.embed_texts``; heavy: imported on the first cold-start item)."""
+    from .text import embed_texts
+    return embed_texts(texts, model=model, progress=False, use_cache=False)
+
+
+def _clean_title(title: str) -> str:
+    from .text import clean_title   # what the trainer does to titles before embedding them
+    return clean_title(title)
+
+
+def _read_json(*paths: Path) -> dict:
+    for p in paths:
+        if p.is_file():
+            try:
+                v = json.loads(p.read_text())
+                if isinstance(v, dict):
+                    return v
+            except ValueError:
+                log.warning("unreadable %s", p)
+    return {}
+
+
+# --- low-precision Linear layers (cuda-fp8 / cuda-int8) ----------------------------------------------------------
+
+E4M3_MAX = 448.0
+
+
+def quantize_rows(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row quantization: (q [rows, K] fp8 e4m3 or int8, scale [rows, 1] fp32), x ~= q * scale."""
+    amax = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12)
+    if mode == "fp8":
+        scale = amax / E4M3_MAX
+        q = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    elif mode == "int8":
+        scale = amax / 127.0
+        q = (x.float() / scale).round().clamp(-127, 127).to(torch.int8)
+    else:
+        raise ValueError(mode)
+    return q, scale
+
+
+_ROWWISE: dict[str, bool] = {}
+
+
+def fp8_rowwise_supported(device: torch.device) -> bool:
+    """Whether ``torch._scaled_mm`` takes row-wise scales on this device (probed once per device)."""
+    key = str(device)
+    if key not in _ROWWISE:
+        if device.type == "meta":
+            return True
+        try:
+            a = torch.zeros(16, 16, device=device, dtype=torch.float8_e4m3fn)
+            torch._scaled_mm(a, a.t(), scale_a=torch.ones(16, 1, device=device),
+                             scale_b=torch.ones(1, 16, device=device), out_dtype=torch.bfloat16)
+            _ROWWISE[key] = True
+        except (RuntimeError, NotImplementedError) as exc:
+            log.warning("fp8 row-wise scaling unavailable on %s (%s): tensor-wise GEMM + fp32 rescale", device, exc)
+            _ROWWISE[key] = False
+    return _ROWWISE[key]
+
+
+class QuantLinear(nn.Module):
+    """``y = x @ W.T (+ b)`` with W quantized once per output channel and x per row (token) on every call.
+
+    fp8:  ``torch._scaled_mm`` with row-wise scales (sm89+/sm90; bf16 output). With ``fp32_out=True`` -- and where
+          row-wise scaling is unavailable -- it runs with unit tensor-wise scales and fp32 output and applies the
+          two scale vectors afterwards: the same math, with fp32 scores (bf16 would tie close items in a ranking).
+    int8: ``torch._int_mm`` (int32 accumulation), scales applied in fp32.
+    CUDA layout rules honoured here: fp8 needs K and N divisible by 16, A row-major, B column-major; _int_mm needs
+    K, N divisible by 8 and more than 16 rows (smaller batches are zero-padded).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mode: str, out_dtype: torch.dtype,
+                 fp32_out: bool = False):
+        super().__init__()
+        if not self.supports(weight.shape[1], weight.shape[0], mode):
+            raise ValueError(f"{mode} needs in/out features divisible by {16 if mode == 'fp8' else 8}: "
+                             f"{tuple(weight.shape)}")
+        self.mode, self.out_dtype, self.fp32_out = mode, out_dtype, fp32_out
+        self.rowwise = mode == "fp8" and not fp32_out and fp8_rowwise_supported(weight.device)
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        q, s = quantize_rows(weight.detach(), mode)
+        # fp8: B must be column-major [K, N]: the transpose of the row-major [N, K] weight, as a view.
+        # int8: B row-major [K, N] (torchao's safe_int_mm notes cuBLAS int8 silently errs on a transposed B).
+        self.register_buffer("wq_t", q.t() if mode == "fp8" else q.t().contiguous(), persistent=False)
+        self.register_buffer("w_scale", s.reshape(1, -1).contiguous(), persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(out_dtype), persistent=False)
+        self.register_buffer("one", torch.ones((), dtype=torch.float32, device=weight.device), persistent=False)
+
+    @staticmethod
+    def supports(in_features: int, out_features: int, mode: str) -> bool:
+        m = 16 if mode == "fp8" else 8
+        return in_features % m == 0 and out_features % m == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        q, sa = quantize_rows(x2, self.mode)
+        if self.mode == "fp8":
+            if self.rowwise:
+                y = torch._scaled_mm(q, self.wq_t, scale_a=sa, scale_b=self.w_scale, out_dtype=torch.bfloat16)
+            else:
+                y = torch._scaled_mm(q, self.wq_t, scale_a=self.one, scale_b=self.one, out_dtype=torch.float32)
+                y = y * sa * self.w_scale
+        else:
+            rows = q.shape[0]
+            if rows <= 16:   # cuBLAS int8 GEMM through _int_mm wants more than 16 rows
+                q = torch.cat([q, q.new_zeros(32 - rows, q.shape[1])])
+            y = torch._int_mm(q, self.wq_t)[:rows].float() * sa * self.w_scale
+        y = y if self.fp32_out else y.to(self.out_dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+
+def cast_keeping_rope(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """``module.to(device, dtype)``, but the rotary ``inv_freq`` buffers stay fp32 (bf16 would skew positions)."""
+    keep = {n: b.detach().clone() for n, b in module.named_buffers() if n.endswith("inv_freq")}
+    module.to(device, dtype)
+    for name, buf in keep.items():
+        owner, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(owner) if owner else module, attr, buf.to(device))
+    return module
+
+
+def quantize_linears(module: nn.Module, mode: str, out_dtype: torch.dtype) -> list[str]:
+    """Replace every eligible ``nn.Linear`` under ``module`` by a ``QuantLinear``; returns the names replaced."""
+    done = []
+    for name, child in list(module.named_modules()):
+        for cname, sub in list(child.named_children()):
+            if isinstance(sub, nn.Linear) and QuantLinear.supports(sub.in_features, sub.out_features, mode):
+                setattr(child, cname, QuantLinear(sub.weight, sub.bias, mode, out_dtype))
+                done.append(f"{name}.{cname}" if name else cname)
+    return done
+
+
+# --- backends -----------------------------------------------------------------------------------------------------
+
+def _np_topk(logits: np.ndarray, excl: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(excl[0]):
+        logits[excl] = -np.inf
+    k = min(k, logits.shape[1])
+    if k < logits.shape[1]:
+        idx = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    else:
+        idx = np.broadcast_to(np.arange(logits.shape[1]), logits.shape).copy()
+    vals = np.take_along_axis(logits, idx, 1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
+
+
+class OrtBackend:
+    """ONNX Runtime on the CPU; the item table is fed as an input on every call (no copy: a numpy view)."""
+
+    def __init__(self, path: Path, name: str, threads: int):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3   # the overridable item_table initializer is intended
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.name, self.path, self.calls = name, path, 0
+        self.table: np.ndarray | None = None
+
+    def set_table(self, table: torch.Tensor) -> None:
+        self.table = np.ascontiguousarray(table.numpy(), dtype=np.float32)
+
+    def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask, "item_table": self.table})[0]
+
+    def topk(self, ids, mask, excl, k):
+        return _np_topk(self.logits(ids, mask), excl, k)
+
+
+class TorchBackend:
+    """torch: fp32, or bf16 / fp8 / int8 (a bf16 backbone whose Linear layers are fp8 or int8).
+
+    The item-scoring matmul runs in fp32 (fp32, bf16: ``h.float() @ table.T``, cheap next to the backbone) or, for
+    fp8/int8, as a ``QuantLinear`` over the table (per-item scales, fp32 scores). Exclusions and top-k run on the
+    device; only [batch, k] ids and scores come back.
+    """
+
+    def __init__(self, model: ItemLM, name: str, mode: str, device: str | torch.device):
+        self.name, self.mode, self.device, self.calls = name, mode, torch.device(device), 0
+        self.dtype = torch.float32 if mode == "fp32" else torch.bfloat16
+        net = TableLM(model)
+        if self.device.type != "cpu" or mode != "fp32":   # the CPU fp32 backend shares the master copy's weights
+            net = cast_keeping_rope(copy.deepcopy(net), self.device, self.dtype)
+            # Eager attention (additive mask): left padding makes fully masked query rows, which must give
+            # numbers, not NaN, whatever SDPA kernel the GPU would pick; at <= 64 positions it costs nothing.
+            net.backbone.set_attn_implementation("eager")
+        self.quantized = quantize_linears(net.backbone, mode, torch.bfloat16) if mode in ("fp8", "int8") else []
+        self.net = net.eval()
+        self.table: torch.Tensor | None = None
+        self.table_f32: torch.Tensor | None = None
+        self.scoring: QuantLinear | None = None
+        self.n_table = 0
+
+    def set_table(self, table: torch.Tensor) -> None:
+        self.n_table = table.shape[0]
+        self.table = table.to(self.device, self.dtype)   # history lookup, in the backbone's dtype
+        rows = -(-self.n_table // 16) * 16
+        if self.mode in ("fp8", "int8") and QuantLinear.supports(table.shape[1], rows, self.mode):
+            # h @ table.T is a Linear with the table as its weight: quantized per item, rows padded to a multiple
+            # of 16 (the padded rows score -inf below).
+            padded = torch.zeros(rows, table.shape[1], dtype=torch.float32, device=self.device)
+            padded[: self.n_table] = table.to(self.device, torch.float32)
+            self.scoring = QuantLinear(padded, None, self.mode, torch.float32, fp32_out=True)
+        else:
+            self.scoring = None
+            self.table_f32 = table.to(self.device, torch.float32)
+
+    @torch.inference_mode()
+    def _logits(self, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+        self.calls += 1
+        ids_t = torch.from_numpy(ids).to(self.device, non_blocking=True)
+        mask_t = torch.from_numpy(mask).to(self.device, non_blocking=True)
+        h = self.net.hidden(ids_t, mask_t, self.table)
+        if self.scoring is None:
+            logits = h.float() @ self.table_f32.T
+        else:
+            logits = self.scoring(h)
+            logits[:, self.n_table:] = float("-inf")
+        logits[:, PAD] = float("-inf")
+        return logits
+
+    def logits(self, ids, mask) -> np.ndarray:
+        return self._logits(ids, mask)[:, : self.n_table].cpu().numpy()
+
+    @torch.inference_mode()
+    def topk(self, ids, mask, excl, k):
+        logits = self._logits(ids, mask)
+        if len(excl[0]):
+            rows = torch.from_numpy(excl[0]).to(self.device, non_blocking=True)
+            cols = torch.from_numpy(excl[1]).to(self.device, non_blocking=True)
+            logits[rows, cols] = float("-inf")
+        vals, idx = torch.topk(logits, min(k, self.n_table), dim=1)
+        return vals.cpu().numpy(), idx.cpu().numpy()
+
+
+# --- the scorer ---------------------------------------------------------------------------------------------------
+
+def model_version(model_dir: str | Path) -> str:
+    """The trainer's version (``metrics.json``, else ``train_config.json`` "version"), else a hash of the config
+    and weights."""
+    weights, artefacts = resolve_model_dir(model_dir)
+    for name in ("metrics.json", "train_config.json"):
+        v = _read_json(weights / name, artefacts / name).get("version")
+        if v:
+            return str(v)
+    return "itemlm-" + model_fingerprint(weights)[:12]
+
+
+class LMScorer:
+    """The ``Scorer`` over one trained model directory (``ItemLM.save_pretrained`` + ``vocab.json``)."""
+
+    name = "itemlm"
+
+    def __init__(self, model_dir: str | Path, backend: str = "auto", *, device: str | None = None,
+                 threads: int | None = None, max_len: int | None = None, fallback: Any = None,
+                 embed_fn: Callable[[list[str]], Any] | None = None, onnx_path: str | Path | None = None,
+                 export_if_missing: bool = True, group_lengths: int = 0):
+        self.model_dir, artefacts = resolve_model_dir(model_dir)
+        self.backend_name = resolve_backend(backend)
+        self.model = ItemLM.from_pretrained(self.model_dir).float().eval()   # CPU fp32 master copy
+        self.vocab = ItemVocab.load(self.model_dir)
+        cfg = self.model.config
+        if len(self.vocab) != cfg.n_items:
+            raise ValueError(f"{self.model_dir}: vocab.json has {len(self.vocab)} items, the model {cfg.n_items}")
+        self.version = model_version(self.model_dir)
+        trained_len = getattr(cfg, "max_len", None) or cfg.max_position_embeddings   # the trainer records max_len
+        self.max_len = min(max_len or trained_len, cfg.max_position_embeddings)
+        self.text_model = _read_json(self.model_dir / "train_config.json",
+                                     artefacts / "train_config.json").get("text_model") or None
+        self.buckets = length_buckets(self.max_len)
+        self.group_lengths = group_lengths
+        self.fallback = fallback          # the app answers from it when score() raises
+        self.threads = threads or torch.get_num_threads()
+        self._embed = embed_fn
+        self._lock = threading.RLock()
+        self._pending: dict[str, str] = {}   # item id -> title, guarded by its own lock: on_item never waits
+        self._pending_lock = threading.Lock()   # for a model call running in another thread
+        self._prior: np.ndarray | None = None
+        self.popularity: Counter[str] = Counter()
+        for k, v in _read_json(self.model_dir / "popularity.json", artefacts / "popularity.json").items():
+            self.popularity[str(k)] = int(v)
+        self.cold_start_added = 0
+        self.backend = self._make_backend(device, onnx_path, export_if_missing)
+        self._refresh_table()
+
+    # --- construction ---------------------------------------------------------------------------------------
+    def _make_backend(self, device, onnx_path, export_if_missing):
+        name = self.backend_name
+        if name in ("onnx", "onnx-int8"):
+            kind = "fp32" if name == "onnx" else "int8"
+            return OrtBackend(self._onnx_file(kind, onnx_path, export_if_missing), name, self.threads)
+        mode = _TORCH_MODES[name]
+        if device is None:
+            device = "cpu" if name == "torch" else "cuda"
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"backend {name} needs a CUDA device (torch.cuda.is_available() is False); "
+                               f"use onnx-int8 or torch on the CPU")
+        if mode == "fp8" and torch.device(device).type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+            raise RuntimeError("cuda-fp8 needs compute capability 8.9+ (Ada/Hopper); use cuda-int8 or cuda-bf16")
+        return TorchBackend(self.model, name, mode, device)
+
+    def _onnx_file(self, kind: str, onnx_path, export_if_missing: bool) -> Path:
+        if onnx_path is not None:   # an explicit file: trust it
+            return Path(onnx_path)
+        directory = onnx_dir(self.model_dir)
+        if is_current(self.model_dir, directory, [kind]):
+            return directory / FILES[kind]
+        if not export_if_missing:
+            raise FileNotFoundError(f"no current {FILES[kind]} under {directory}; run python -m streamrec.export")
+        log.info("exporting %s to ONNX (missing or made from other weights)", self.model_dir)
+        try:
+            return export(self.model_dir, ("fp32", "int8"), directory, threads=self.threads)[kind]
+        except OSError:   # e.g. a read-only model directory: export into a cache keyed by the weights
+            import tempfile
+            cache = Path(tempfile.gettempdir()) / "streamrec-onnx" / model_fingerprint(self.model_dir)[:16]
+            if not is_current(self.model_dir, cache, [kind]):
+                export(self.model_dir, ("fp32", "int8"), cache, threads=self.threads)
+            return cache / FILES[kind]
+
+    def _refresh_table(self) -> None:
+        with torch.no_grad():
+            table = self.model.item_embeddings().detach().float().contiguous()
+        self.backend.set_table(table)
+        self._prior = None
+
+    # --- Scorer protocol --------------------------------------------------------------------------------------
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
+        with self._lock:
+            self.flush_items()
+            tokens = [self.vocab.encode(r.history)[-self.max_len:] for r in requests]
+            out: list[Scored | None] = [None] * len(requests)
+            rows = [i for i, t in enumerate(tokens) if t and r_k(requests[i]) > 0]
+            split = bool(self.group_lengths) and len(rows) >= self.group_lengths
+            groups: dict[int, list[int]] = {}
+            for i in rows:   # one group = one model call; split: one group per padded width
+                groups.setdefault(self._width(len(tokens[i])) if split else 0, []).append(i)
+            for group in groups.values():
+                self._score_rows(group, tokens, requests, out)
+            for i, r in enumerate(requests):
+                if out[i] is None:
+                    out[i] = self._prior_answer(r)
+            return out   # type: ignore[return-value]
+
+    def _width(self, length: int) -> int:
+        return next(w for w in self.buckets if w >= length)
+
+    def _score_rows(self, rows: list[int], tokens: list[list[int]], requests: Sequence[ScoreRequest],
+                    out: list) -> None:
+        width = self._width(max(len(tokens[i]) for i in rows))
+        ids = np.zeros((len(rows), width), dtype=np.int64)
+        for j, i in enumerate(rows):
+            ids[j, width - len(tokens[i]):] = tokens[i]
+        mask = (ids != PAD).astype(np.int64)
+        excl_r, excl_c = [], []
+        tok = self.vocab.id_to_token
+        for j, i in enumerate(rows):
+            cols = [tok[x] for x in requests[i].exclude if x in tok]
+            excl_r.extend([j] * len(cols))
+            excl_c.extend(cols)
+        excl = (np.asarray(excl_r, dtype=np.int64), np.asarray(excl_c, dtype=np.int64))
+        k = max(requests[i].k for i in rows)
+        vals, idx = self.backend.topk(ids, mask, excl, k)   # the model call
+        names = self.vocab.items
+        for j, i in enumerate(rows):
+            items = [(names[t], float(s)) for s, t in zip(vals[j], idx[j]) if np.isfinite(s)]
+            out[i] = Scored(items[: requests[i].k], self.name, self.version)
+
+    def observe(self, history: Sequence[str], item_id: str) -> None:
+        self.popularity[item_id] += 1
+
+    def on_item(self, item_id: str, record: dict | None) -> None:
+        """Catalog update: queue an unknown item that has a title, so the model can score it (cold start)."""
+        if record is None or not self.model.config.text_dim or item_id in self.vocab:
+            return
+        title = record.get("title")
+        if isinstance(title, str) and title.strip():
+            with self._pending_lock:
+                self._pending[item_id] = title
+
+    # --- cold start ---------------------------------------------------------------------------------------------
+    def flush_items(self) -> int:
+        """Add up to ``FLUSH_LIMIT`` queued cold-start items now (``score`` does it first thing); returns how many
+        were added."""
+        with self._lock:
+            with self._pending_lock:
+                batch = list(self._pending.items())[:FLUSH_LIMIT]
+                for item_id, _ in batch:
+                    del self._pending[item_id]
+            pending = [(i, t) for i, t in batch if i not in self.vocab]
+            if not pending:
+                return 0
+            try:
+                texts = [_clean_title(t) for _, t in pending]
+                emb = self._embed(texts) if self._embed else _embed_texts(texts, self.text_model)
+                emb = torch.as_tensor(np.asarray(emb, dtype=np.float32))
+                if emb.shape != (len(pending), self.model.config.text_dim):
+                    raise ValueError(f"text embeddings of shape {tuple(emb.shape)}, expected "
+                                     f"({len(pending)}, {self.model.config.text_dim})")
+            except Exception:   # cold start must never take scoring down; the items may come again
+                log.exception("could not embed %d cold-start item(s); skipped", len(pending))
+                return 0
+            new = self.model.add_items(len(pending))
+            for (item_id, _), token in zip(pending, new):
+                if self.vocab.add(item_id) != token:
+                    raise RuntimeError("vocabulary and item table out of step")
+            self.model.set_item_text(list(new), emb)
+            self._refresh_table()
+            self.cold_start_added += len(pending)
+            log.info("cold start: %d item(s) added, %d items now", len(pending), len(self.vocab))
+            return len(pending)
+
+    # --- empty histories ------------------------------------------------------------------------------------
+    def _prior_answer(self, r: ScoreRequest) -> Scored:
+        k = r_k(r)
+        if k <= 0:
+            return Scored([], self.name, self.version)
+        if self.popularity:
+            total = sum(self.popularity.values())
+            items = [(i, n / total) for i, n in self.popularity.most_common(k + len(r.exclude)) if i not in r.exclude]
+            reason = "empty-history: popularity"
+        else:
+            prior = self.model_prior()
+            tok = self.vocab.id_to_token
+            p = prior.copy()
+            p[[tok[x] for x in r.exclude if x in tok]] = -np.inf
+            order = np.argsort(-p, kind="stable")[: k]
+            items = [(self.vocab.items[t], float(p[t])) for t in order if np.isfinite(p[t]) and t != PAD]
+            reason = "empty-history: model prior"
+        return Scored(items[:k], self.name, self.version, fallback=True, fallback_reason=reason)
+
+    def model_prior(self) -> np.ndarray:
+        """[n_table] mean next-item probability after one item (a sample of up to 256 items); cached."""
+        if self._prior is None:
+            n = len(self.vocab)
+            rng = np.random.default_rng(0)
+            sample = rng.choice(np.arange(1, n + 1), size=min(PRIOR_SAMPLE, n), replace=False)
+            ids = np.zeros((len(sample), self.buckets[0]), dtype=np.int64)
+            ids[:, -1] = sample
+            logits = self.backend.logits(ids, (ids != PAD).astype(np.int64)).astype(np.float64)
+            logits -= logits.max(axis=1, keepdims=True)
+            p = np.exp(logits)
+            p /= p.sum(axis=1, keepdims=True)
+            prior = p.mean(axis=0)
+            prior[PAD] = -np.inf
+            self._prior = prior
+        return self._prior
+
+    def info(self) -> dict[str, Any]:
+        return {"scorer": self.name, "version": self.version, "backend": self.backend_name,
+                "items": len(self.vocab), "cold_start_added": self.cold_start_added, "buckets": self.buckets,
+                "model_calls": self.backend.calls}
+
+
+def r_k(r: ScoreRequest) -> int:
+    return max(0, int(r.k))
+
+
+def build_lm_scorer(settings) -> LMScorer:
+    """The worker's language-model scorer (``Settings.model_dir``/``backend``), with a co-occurrence fallback
+    (loaded from ``cooc.json`` in the model directory when the trainer left one there)."""
+    if not settings.model_dir:
+        raise ValueError("the lm scorer needs a model directory (--model-dir / STREAMREC_MODEL_DIR)")
+    cooc = Path(settings.model_dir) / "cooc.json"
+    fallback = CooccurrenceScorer.load(cooc) if cooc.is_file() else CooccurrenceScorer()
+    # scorer_threads / group_lengths: optional Settings fields (0 = torch's thread count / one call per batch)
+    return LMScorer(settings.model_dir, backend=settings.backend, fallback=fallback,
+                    threads=int(getattr(settings, "scorer_threads", 0) or 0) or None,
+                    group_lengths=int(getattr(settings, "group_lengths", 0) or 0))
