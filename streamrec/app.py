@@ -61,15 +61,20 @@ def broker_credentials(settings: Settings) -> Any:
 
 
 def build_scorer(settings: Settings):
-    """The scorer the worker uses: the language model when one is configured, else co-occurrence."""
+    """The scorer the worker uses: the language model behind the micro-batcher when a model is configured (with
+    co-occurrence as its fallback), else co-occurrence alone."""
     choice = settings.scorer
     if choice == "auto":
         choice = "lm" if settings.model_dir else "cooc"
     if choice == "cooc":
         return CooccurrenceScorer()
     if choice == "lm":
-        from .serving import build_lm_scorer   # heavy imports only when asked for
-        return build_lm_scorer(settings)
+        from .batching import MicroBatcher
+        from .serving import build_lm_scorer   # heavy imports (torch, onnxruntime) only when asked for
+        lm = build_lm_scorer(settings)
+        return MicroBatcher(lm, fallback=lm.fallback, max_batch_size=settings.max_batch_size,
+                            max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
+                            timeout_s=settings.scorer_timeout_s)
     raise ValueError(f"unknown scorer {settings.scorer!r} (auto, lm or cooc)")
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from . import lm_cli
 from .config import Settings, add_arguments, from_args
 
 KAFKA = ["kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
@@ -135,18 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--titles", help="also write item titles (TSV) here")
     g.set_defaults(func=cmd_generate)
 
-    for register in _extensions():
-        register(sub)
+    lm_cli.register(sub)    # train, eval, coldstart, export: the model side, in its own module
     return p
-
-
-def _extensions():
-    """Subcommands of the model side (train, eval, export), kept in their own modules."""
-    try:
-        from .lm_cli import register
-    except ImportError:
-        return []
-    return [register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,12 @@ class Settings:
     top_k: int = field(default=10, metadata={"help": "items per recommendation"})
     scorer: str = field(default="auto", metadata={"help": "auto (lm if model_dir is set, else cooc), lm or cooc"})
     model_dir: str = field(default="", metadata={"help": "trained item language model directory (streamrec train)"})
-    backend: str = field(default="auto", metadata={"help": "auto (cuda if available else onnx-int8), torch, onnx, onnx-int8"})
+    backend: str = field(default="auto", metadata={
+        "help": "auto (cuda-bf16 if a GPU is visible, else onnx-int8), torch, onnx, onnx-int8, cuda-bf16, cuda-fp8, "
+                "cuda-int8"})
+    scorer_threads: int = field(default=0, metadata={"help": "CPU threads of the model (0 = torch's default)"})
+    group_lengths: int = field(default=0, metadata={
+        "help": "split a batch into groups of similar history length, N requests or more each (0 = one call)"})
     max_batch_size: int = field(default=64, metadata={"help": "micro-batch: flush at this many requests"})
     max_wait_ms: float = field(default=5.0, metadata={"help": "micro-batch: flush after this long"})
     max_queue: int = field(default=4096, metadata={"help": "micro-batch: pending requests before callers wait"})
@@ -58,6 +63,8 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if overrides.get(f.name) is not None:   # the flag wins: don't parse (or fail on) an env value it hides
+                continue
             raw = environ.get(env_name(f.name))
             if raw is not None and raw != "":
                 values[f.name] = _coerce(f, raw)

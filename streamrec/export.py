@@ -34,7 +34,6 @@ The attention matmuls (activation x activation) stay fp32 for the same reason.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -352,15 +351,8 @@ def _versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m streamrec.export", description=__doc__.split("\n")[0])
-    p.add_argument("model_dir")
-    p.add_argument("--quantize", default="fp32,int8", help="comma-separated: fp32, int8")
-    p.add_argument("--out-dir", default=None, help=f"default: MODEL_DIR/{ONNX_SUBDIR}")
-    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"])
-    p.add_argument("--quantize-scoring", action="store_true", help="also quantize the item-scoring matmul")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def run(args) -> int:
+    """``streamrec export`` (arguments defined in ``lm_cli``)."""
     paths = export(args.model_dir, tuple(k for k in args.quantize.split(",") if k), args.out_dir,
                    exporter=args.exporter, quantize_scoring=args.quantize_scoring)
     print(json.dumps(json.loads(paths["report"].read_text())["checks"], indent=2))
@@ -369,5 +361,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":   # python -m streamrec.export DIR == streamrec export DIR
+    from .cli import main
+    raise SystemExit(main(["export", *__import__("sys").argv[1:]]))

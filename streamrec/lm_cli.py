@@ -1,4 +1,4 @@
-"""Model-side subcommands of ``streamrec``: ``train``, ``eval`` and ``coldstart`` (added by ``cli._extensions``)."""
+"""Model-side subcommands of ``streamrec``: ``train``, ``eval``, ``coldstart`` and ``export``."""
 
 from __future__ import annotations
 
@@ -175,6 +175,11 @@ def cmd_coldstart(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import run
+    return run(args)
+
+
 def register(sub) -> None:
     """Add ``train``, ``eval`` and ``coldstart`` to the ``streamrec`` subcommands."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -242,3 +247,16 @@ def register(sub) -> None:
     c.add_argument("--json", help="also write the report here")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_coldstart)
+
+    x = sub.add_parser(
+        "export", help="export a trained model to ONNX (fp32 and dynamic int8) for the CPU backends",
+        description="Writes MODEL_DIR/onnx/model.onnx and model.int8.onnx plus a report comparing them with torch. "
+                    "The worker exports on first start when these are missing; run this ahead of time (e.g. in an "
+                    "image build) to start faster.")
+    x.add_argument("model_dir", help="trained model directory (streamrec train --out DIR, or DIR/model)")
+    x.add_argument("--quantize", default="fp32,int8", help="comma-separated: fp32, int8")
+    x.add_argument("--out-dir", default=None, help="default: MODEL_DIR/onnx")
+    x.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"])
+    x.add_argument("--quantize-scoring", action="store_true",
+                   help="also quantize the item-scoring matmul (slower and less accurate; measured in benchmarks)")
+    x.set_defaults(func=cmd_export)

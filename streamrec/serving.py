@@ -555,7 +555,5 @@ def build_lm_scorer(settings) -> LMScorer:
         raise ValueError("the lm scorer needs a model directory (--model-dir / STREAMREC_MODEL_DIR)")
     cooc = Path(settings.model_dir) / "cooc.json"
     fallback = CooccurrenceScorer.load(cooc) if cooc.is_file() else CooccurrenceScorer()
-    # scorer_threads / group_lengths: optional Settings fields (0 = torch's thread count / one call per batch)
     return LMScorer(settings.model_dir, backend=settings.backend, fallback=fallback,
-                    threads=int(getattr(settings, "scorer_threads", 0) or 0) or None,
-                    group_lengths=int(getattr(settings, "group_lengths", 0) or 0))
+                    threads=settings.scorer_threads or None, group_lengths=settings.group_lengths)
