@@ -127,8 +127,9 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
 
     async def score(requests: list[ScoreRequest]) -> list[Scored]:
         started = time.perf_counter()
+        batched = hasattr(scorer, "score_async")   # the micro-batcher records its own batch and compute metrics
         try:
-            if hasattr(scorer, "score_async"):
+            if batched:
                 results = await scorer.score_async(requests)
             else:
                 results = scorer.score(requests)
@@ -140,8 +141,9 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
             results = fallback.score(requests)
             for r in results:
                 r.fallback, r.fallback_reason = True, f"{type(exc).__name__}: {exc}"[:200]
-        metrics.COMPUTE.labels(getattr(scorer, "name", "?")).observe(time.perf_counter() - started)
-        metrics.SCORE_BATCH.observe(len(requests))
+        if not batched:
+            metrics.COMPUTE.labels(scorer.name).observe(time.perf_counter() - started)
+            metrics.SCORE_BATCH.observe(len(requests))
         return results
 
     @app.agent(interactions, name="process_interactions")
