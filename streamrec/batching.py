@@ -120,16 +120,23 @@ class MicroBatcher:
             results = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(self._pool, self.scorer.score, requests), self.timeout_s)
             metrics.COMPUTE.labels(self.scorer.name).observe(time.perf_counter() - started)
+            if len(results) != len(requests):   # zip() below would leave the surplus callers waiting forever
+                raise RuntimeError(f"scorer returned {len(results)} results for {len(requests)} requests")
         except Exception as exc:      # includes the timeout: never leave a caller waiting or without an answer
             reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else "error"
             metrics.FALLBACKS.labels(reason).inc(len(requests))
-            if self.fallback is None:
+            try:
+                if self.fallback is None:
+                    raise exc
+                results = self.fallback.score(requests)
+                if len(results) != len(requests):
+                    raise RuntimeError(f"fallback returned {len(results)} results for {len(requests)} requests")
+            except Exception as final:   # a failing fallback must not kill the flush loop and strand the callers
                 for p in batch:
                     for w in p.waiters:
                         if not w.done():
-                            w.set_exception(exc)
+                            w.set_exception(final)
                 return
-            results = self.fallback.score(requests)
             detail = f"{reason}: {type(exc).__name__} {exc}".strip()[:200]
             for r in results:
                 r.fallback, r.fallback_reason = True, detail

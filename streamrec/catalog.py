@@ -15,19 +15,24 @@ def validate_item(record: Any) -> dict[str, Any]:
     unknown = set(record) - _ALLOWED
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
-    if record.get("schema_version") != SCHEMA_VERSION:
+    if record.get("schema_version") != SCHEMA_VERSION or isinstance(record.get("schema_version"), bool):
         raise ValueError(f"schema_version must be {SCHEMA_VERSION}")
     for name, limit in (("item_id", 128), ("title", 1000)):
         v = record.get(name)
         if not isinstance(v, str) or not 1 <= len(v) <= limit:
             raise ValueError(f"field '{name}' must be a string of 1..{limit} characters")
-    if "description" in record and not isinstance(record["description"], str):
-        raise ValueError("field 'description' must be a string")
+    if "description" in record and not (isinstance(record["description"], str)
+                                        and len(record["description"]) <= 10000):
+        raise ValueError("field 'description' must be a string of at most 10000 characters")
     cats = record.get("categories", [])
-    if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
-        raise ValueError("field 'categories' must be a list of strings")
+    if not isinstance(cats, list) or len(cats) > 50 or not all(isinstance(c, str) and len(c) <= 200 for c in cats):
+        raise ValueError("field 'categories' must be a list of at most 50 strings of at most 200 characters")
     if "available" in record and not isinstance(record["available"], bool):
         raise ValueError("field 'available' must be a boolean")
+    if "updated_at" in record:
+        t = record["updated_at"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:
+            raise ValueError("field 'updated_at' must be a number >= 0")
     return record
 
 

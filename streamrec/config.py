@@ -77,12 +77,13 @@ class Settings:
 
     def kafka_python_security(self) -> dict[str, Any]:
         """Security keyword arguments for kafka-python clients."""
-        kw: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
-        if self.kafka_security_protocol.startswith("SASL"):
+        proto = self.kafka_security_protocol.upper()
+        kw: dict[str, Any] = {"security_protocol": proto}
+        if proto.startswith("SASL"):
             kw.update(sasl_mechanism=self.kafka_sasl_mechanism or "PLAIN",
                       sasl_plain_username=self.kafka_sasl_username,
                       sasl_plain_password=self.kafka_sasl_password)
-        if "SSL" in self.kafka_security_protocol:
+        if "SSL" in proto:
             kw.update(ssl_cafile=self.kafka_ssl_cafile or None, ssl_certfile=self.kafka_ssl_certfile or None,
                       ssl_keyfile=self.kafka_ssl_keyfile or None)
         return kw

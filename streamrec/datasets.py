@@ -108,9 +108,13 @@ def _jsonl(path: Path) -> Iterator[Interaction]:
             if not line.strip():
                 continue
             d = json.loads(line)
+            etype = d.get("event_type", "view")
+            if etype not in EVENT_TYPES:   # as the CSV reader: fail loudly rather than replay dead letters
+                raise ValueError(f"{path}:{n}: unknown event type {etype!r}")
+            value = d.get("value")
             yield Interaction(str(d.get("event_id") or f"{path.stem}-{n}"), str(d["user_id"]), str(d["item_id"]),
-                              d.get("event_type", "view"), float(d.get("timestamp", SEQUENCE_BASE_TS + n)),
-                              d.get("value"), d.get("properties") or {})
+                              etype, float(d.get("timestamp", SEQUENCE_BASE_TS + n)),
+                              None if value is None else float(value), d.get("properties") or {})
 
 
 def sequences(events: Iterable[Interaction]) -> dict[str, list[str]]:

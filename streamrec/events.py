@@ -65,7 +65,7 @@ def parse_event(raw: bytes | None, max_bytes: int = 16384) -> Interaction:
         raise InvalidEvent("not_utf8", f"message is not UTF-8: {exc}") from None
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:   # ValueError: JSONDecodeError, or an integer over 4300 digits
         raise InvalidEvent("not_json", f"message is not JSON: {exc}") from None
     return validate_event(obj)
 
@@ -112,8 +112,15 @@ def _number(obj: dict, name: str, *, required: bool, low: float, high: float) ->
             raise InvalidEvent("schema", f"field '{name}': missing")
         return None
     v = obj[name]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
         raise InvalidEvent("schema", f"field '{name}': expected a finite number, got {v!r}")
     if not low <= v <= high:
         raise InvalidEvent("schema", f"field '{name}': {v} outside {low:g}..{high:g}")
     return float(v)
+
+
+def _finite(v: int | float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:   # an int too large for a float (JSON allows 1000-digit integers)
+        return False

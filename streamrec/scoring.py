@@ -116,13 +116,16 @@ class CooccurrenceScorer:
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"version": self.version, "window": self.window, "pop": self.pop,
+        Path(path).write_text(json.dumps({"version": self.version, "window": self.window,
+                                          "max_neighbors": self.max_neighbors,
+                                          "popularity_weight": self.popularity_weight, "decay": self.decay,
+                                          "pop": self.pop,
                                           "cooc": {k: dict(v) for k, v in self.cooc.items()}}))
 
     @classmethod
     def load(cls, path: str | Path) -> "CooccurrenceScorer":
         d = json.loads(Path(path).read_text())
-        s = cls(window=d["window"])
+        s = cls(window=d["window"], **{k: d[k] for k in ("max_neighbors", "popularity_weight", "decay") if k in d})
         s.pop = Counter(d["pop"])
         s.cooc = defaultdict(Counter, {k: Counter(v) for k, v in d["cooc"].items()})
         s._max_pop = max(s.pop.values(), default=0)

@@ -43,12 +43,12 @@ def apply_event(state: UserState | None, event: Interaction, *, history_size: in
         pos -= 1
     history.insert(pos, entry)
     if len(history) > history_size:
-        history = history[-history_size:]
+        history = history[len(history) - history_size:]   # not [-n:]: n == 0 would keep everything
     counts = dict(state["counts"])
     counts[event.event_type] = counts.get(event.event_type, 0) + 1
     ids = state["recent_event_ids"] + [event.event_id]
     if len(ids) > dedupe_window:
-        ids = ids[-dedupe_window:]
+        ids = ids[len(ids) - dedupe_window:]
     first = state["first_seen"]
     last = state["last_seen"]
     return {
