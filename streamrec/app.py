@@ -24,7 +24,7 @@ from . import messages, metrics
 from .config import Settings
 from .events import InvalidEvent, parse_event
 from .scoring import CooccurrenceScorer, ScoreRequest, Scored
-from .state import apply_event, history_items, seen_items
+from .state import apply_event, decode_state, encode_state, history_items, seen_items
 from .topics import DEAD_LETTER, INTERACTIONS, ITEMS, RECOMMENDATIONS, spec_for
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,20 @@ def broker_credentials(settings: Settings) -> Any:
     return None
 
 
+def has_model(model_dir: str) -> bool:
+    """A `streamrec train` output directory or its model/ subdirectory (HF config.json next to vocab.json)."""
+    from pathlib import Path
+    return any((Path(model_dir) / sub / "config.json").is_file() for sub in ("", "model"))
+
+
 def build_scorer(settings: Settings):
     """The scorer the worker uses: the language model behind the micro-batcher when a model is configured (with
     co-occurrence as its fallback), else co-occurrence alone."""
     choice = settings.scorer
     if choice == "auto":
-        choice = "lm" if settings.model_dir else "cooc"
+        choice = "lm" if settings.model_dir and has_model(settings.model_dir) else "cooc"
+        if settings.model_dir and choice == "cooc":   # e.g. a fresh volume before the first model lands
+            log.warning("no trained model under %s yet: scoring with co-occurrence", settings.model_dir)
     if choice == "cooc":
         return CooccurrenceScorer()
     if choice == "lm":
@@ -95,9 +103,11 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4096,
-        producer_linger_ms=5,
+        producer_linger_ms=settings.producer_linger_ms,
+        producer_compression_type=None if settings.producer_compression == "none" else settings.producer_compression,
         web_port=settings.web_port,
         web_bind=settings.web_host,
+        **({"web_host": settings.web_advertised_host} if settings.web_advertised_host else {}),
         web_enabled=True,
         table_cleanup_interval=60.0,
     )
@@ -108,7 +118,9 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     recommendations = app.topic(settings.topic(RECOMMENDATIONS), key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(settings.topic(DEAD_LETTER), key_serializer="raw", value_serializer="raw")
 
-    user_state = app.Table("user_state", default=None, partitions=n_partitions,
+    # bytes -> Faust's raw codec: keys are UTF-8 user ids, values JSON we encode once ourselves
+    # (state.encode_state); Faust's JSON codec would encode every write twice (RocksDB and changelog), slower.
+    user_state = app.Table("user_state", default=None, partitions=n_partitions, key_type=bytes, value_type=bytes,
                            help="per-user history, counters, last seen and recently applied event ids")
     catalog = app.GlobalTable("catalog", default=None, partitions=spec_for(settings, ITEMS).partitions,
                               help="item records from the items topic")
@@ -146,41 +158,65 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
             metrics.SCORE_BATCH.observe(len(requests))
         return results
 
+    exactly_once = settings.processing_guarantee == "exactly_once"
+    rec_topic = settings.topic(RECOMMENDATIONS)
+
+    async def publish(key: bytes, value: bytes) -> None:
+        if exactly_once:   # Faust's topic send joins the partition's transaction
+            await recommendations.send(key=key, value=value)
+        else:
+            # Straight to the producer: Faust's per-message channel machinery costs more than the rest of the
+            # event's work. Still at-least-once: Faust flushes the producer before it commits offsets.
+            await app.producer.send(rec_topic, key, value, None, None, None)
+
+    applied_n, duplicate_n = metrics.EVENTS.labels("applied"), metrics.EVENTS.labels("duplicate")
+
     @app.agent(interactions, name="process_interactions")
     async def process_interactions(stream):
         async for batch in stream.take_events(settings.take_batch, within=settings.take_within_s):
             metrics.AGENT_BATCH.observe(len(batch))
             applied: list[tuple[Any, dict, bool]] = []
+            # Newest state of each user touched by this batch, and the event to write it under: the table (RocksDB
+            # + changelog) is written once per user per batch, not once per event.
+            dirty: dict[str, tuple[faust.EventT, dict]] = {}
             for event in batch:
                 try:
                     interaction = parse_event(event.message.value, settings.max_event_bytes)
                 except InvalidEvent as exc:
                     await dead_letter(event, exc.kind, exc.reason)
                     continue
+                user = interaction.user_id
                 key = event.message.key
-                if key != interaction.user_id.encode():
+                if key != user.encode():
                     # A user's events must share a partition (that is where their state lives): re-key, like
                     # Faust's group_by, and let the copy be applied when it comes back.
-                    await interactions.send(key=interaction.user_id.encode(), value=event.message.value)
+                    await interactions.send(key=user.encode(), value=event.message.value)
                     metrics.EVENTS.labels("rekeyed").inc()
                     continue
                 try:
-                    with processing(event):
-                        before = user_state.get(interaction.user_id)
-                        after, is_new = apply_event(before, interaction, history_size=settings.history_size,
-                                                    dedupe_window=settings.dedupe_window)
-                        if is_new:
-                            user_state[interaction.user_id] = after
+                    if user in dirty:
+                        before = dirty[user][1]
+                    else:
+                        with processing(event):
+                            before = decode_state(user_state.get(key))
+                    after, is_new = apply_event(before, interaction, history_size=settings.history_size,
+                                                dedupe_window=settings.dedupe_window)
                 except Exception as exc:   # keep the worker alive; the event is kept in the dead-letter topic
                     log.exception("failed to apply event")
                     await dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:500])
                     continue
                 if is_new:
+                    dirty[user] = (event, after)
                     scorer.observe(history_items(before), interaction.item_id)
                     if fallback is not None and fallback is not scorer:
                         fallback.observe(history_items(before), interaction.item_id)
-                metrics.EVENTS.labels("applied" if is_new else "duplicate").inc()
+                    applied_n.inc()
+                else:
+                    duplicate_n.inc()
                 applied.append((interaction, after, not is_new))
+            for user, (event, state) in dirty.items():
+                with processing(event):
+                    user_state[event.message.key] = encode_state(state)
             if not applied:
                 continue
             # Coalesce: one request per user, from their newest state; every event of theirs gets the answer.
@@ -193,7 +229,7 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
                 msg = messages.recommendation(interaction.user_id, answers[interaction.user_id],
                                               trigger_event_id=interaction.event_id,
                                               event_timestamp=interaction.timestamp, redelivered=redelivered)
-                await recommendations.send(key=interaction.user_id.encode(), value=messages.encode(msg))
+                await publish(interaction.user_id.encode(), messages.encode(msg))
             metrics.RECOMMENDATIONS.inc(len(applied))
 
     @app.agent(items, name="update_catalog")
@@ -242,7 +278,7 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     @app.page("/recommendations/{user_id}")
     @app.table_route(table=user_state, match_info="user_id")
     async def lookup(web, request, user_id):
-        state = user_state.get(user_id)
+        state = decode_state(user_state.get(user_id.encode()))
         if state is None:
             return web.json({"error": f"unknown user {user_id!r}"}, status=404)
         [answer] = await score([ScoreRequest(user_id, tuple(history_items(state)), settings.top_k,

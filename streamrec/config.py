@@ -34,10 +34,16 @@ class Settings:
     data_dir: str = field(default="var/worker", metadata={"help": "RocksDB table directory (one per worker)"})
     web_port: int = field(default=6066, metadata={"help": "HTTP port: /health, /ready, /metrics, /recommendations/{user}"})
     web_host: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address (0.0.0.0 in containers)"})
+    web_advertised_host: str = field(default="", metadata={
+        "help": "host name other workers reach this one by (pod DNS name); lookups of a user are forwarded to the "
+                "worker owning their partition at this name. Empty = this machine's host name"})
     log_level: str = field(default="info", metadata={"help": "crit, error, warn, info or debug"})
     session_timeout_s: float = field(default=10.0, metadata={"help": "consumer group session timeout"})
     processing_guarantee: str = field(default="at_least_once", metadata={"help": "at_least_once or exactly_once"})
     take_batch: int = field(default=256, metadata={"help": "events the agent takes from the stream per batch"})
+    producer_linger_ms: int = field(default=5, metadata={"help": "how long the producer waits to fill a batch"})
+    producer_compression: str = field(default="none", metadata={
+        "help": "producer compression: none, gzip, or lz4/zstd/snappy (those need the cramjam package)"})
     take_within_s: float = field(default=0.02, metadata={"help": "longest wait to fill an agent batch"})
     # --- user state ---------------------------------------------------------------------------
     history_size: int = field(default=50, metadata={"help": "recent items kept per user"})
@@ -45,7 +51,8 @@ class Settings:
     max_event_bytes: int = field(default=16384, metadata={"help": "larger events go to the dead-letter topic"})
     # --- scoring ------------------------------------------------------------------------------
     top_k: int = field(default=10, metadata={"help": "items per recommendation"})
-    scorer: str = field(default="auto", metadata={"help": "auto (lm if model_dir is set, else cooc), lm or cooc"})
+    scorer: str = field(default="auto", metadata={
+        "help": "auto (lm when model_dir holds a trained model, else cooc), lm or cooc"})
     model_dir: str = field(default="", metadata={"help": "trained item language model directory (streamrec train)"})
     backend: str = field(default="auto", metadata={
         "help": "auto (cuda-bf16 if a GPU is visible, else onnx-int8), torch, onnx, onnx-int8, cuda-bf16, cuda-fp8, "

@@ -10,6 +10,7 @@ A state is a plain JSON-able dict so that the table's changelog stays readable a
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .events import Interaction
@@ -68,3 +69,12 @@ def history_items(state: UserState | None) -> list[str]:
 
 def seen_items(state: UserState | None) -> set[str]:
     return set(history_items(state))
+
+
+def encode_state(state: UserState) -> bytes:
+    """The table's stored form (RocksDB value and changelog record): compact JSON."""
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
+def decode_state(raw: bytes | None) -> UserState | None:
+    return None if raw is None else json.loads(raw)

@@ -207,7 +207,7 @@ class Stack:
                         until: Callable[[dict], bool] = lambda s: True) -> dict:
         """The user's latest state as written to the user_state changelog (what RocksDB is restored from)."""
         topic = f"{self.settings.app_id}-user_state-changelog"
-        key = json.dumps(user_id).encode()
+        key = user_id.encode()   # raw UTF-8 keys, compact JSON values (state.encode_state)
 
         def latest(records) -> dict | None:
             mine = [r for r in records if r.key == key and r.value is not None]
