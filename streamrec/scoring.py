@@ -36,16 +36,6 @@ class Scorer(Protocol):
     name: str
     version: str
 
-    def _neighbors(self, h: str):
-        row = self.cooc.get(h)
-        if not row or len(row) <= self.score_neighbors:
-            return row.items() if row else ()
-        top = self._top.get(h)
-        if top is None or self._changes[h] > max(4, len(top) // 8):
-            top = self._top[h] = heapq.nlargest(self.score_neighbors, row.items(), key=_count)
-            self._changes[h] = 0
-        return top
-
     def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]: ...
 
     def observe(self, history: Sequence[str], item_id: str) -> None:
@@ -139,7 +129,7 @@ class CooccurrenceScorer:
         if not row or len(row) <= self.score_neighbors:
             return row.items() if row else ()
         top = self._top.get(h)
-        if top is None or self._changes[h] > max(4, len(top) // 8):
+        if top is None or self._changes[h] > max(8, len(row) // 4):
             top = self._top[h] = heapq.nlargest(self.score_neighbors, row.items(), key=_count)
             self._changes[h] = 0
         return top
