@@ -23,7 +23,7 @@ STAMP="$VENV/.streamrec-deps"
 WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
     echo "[bootstrap] installing dependencies (first run on a machine downloads torch: several GB)"
-    "$VENV/bin/python" -m pip install --progress-bar off "$ROOT[dev]"
+    "$VENV/bin/python" -m pip install --progress-bar off -e "$ROOT[dev]"
     echo "$WANT" > "$STAMP"
 else
     echo "[bootstrap] dependencies up to date in $VENV"

@@ -1,4 +1,4 @@
-"""The Faust app: topics, tables, agents and web pages of a streamrec worker, top to bottom.
+r"""The Faust app: topics, tables, agents and web pages of a streamrec worker, top to bottom.
 
     interactions --(process_interactions)--> user_state table (RocksDB + changelog)
                                          \--> scorer --> recommendations
@@ -67,23 +67,35 @@ def has_model(model_dir: str) -> bool:
 
 
 def build_scorer(settings: Settings):
-    """The scorer the worker uses: the language model behind the micro-batcher when a model is configured (with
-    co-occurrence as its fallback), else co-occurrence alone."""
+    """The scorer the worker uses.
+
+    * no trained model: co-occurrence alone (it learns online from the stream);
+    * a trained model (``model_dir``): the item LM behind the micro-batcher, co-occurrence as its fallback;
+    * plus ``reranker_dir``: a local causal LM re-ranks the first stage's candidates, in the same micro-batches.
+    """
     choice = settings.scorer
     if choice == "auto":
         choice = "lm" if settings.model_dir and has_model(settings.model_dir) else "cooc"
         if settings.model_dir and choice == "cooc":   # e.g. a fresh volume before the first model lands
             log.warning("no trained model under %s yet: scoring with co-occurrence", settings.model_dir)
-    if choice == "cooc":
+    if choice not in ("lm", "cooc"):
+        raise ValueError(f"unknown scorer {settings.scorer!r} (auto, lm or cooc)")
+    if choice == "cooc" and not settings.reranker_dir:
         return CooccurrenceScorer()
+    from .batching import MicroBatcher   # heavy imports (torch, onnxruntime) only when a model is asked for
+    fallback = CooccurrenceScorer()
+    first = fallback
     if choice == "lm":
-        from .batching import MicroBatcher
-        from .serving import build_lm_scorer   # heavy imports (torch, onnxruntime) only when asked for
-        lm = build_lm_scorer(settings)
-        return MicroBatcher(lm, fallback=lm.fallback, max_batch_size=settings.max_batch_size,
-                            max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
-                            timeout_s=settings.scorer_timeout_s)
-    raise ValueError(f"unknown scorer {settings.scorer!r} (auto, lm or cooc)")
+        from .serving import build_lm_scorer
+        first = build_lm_scorer(settings)
+        fallback = first.fallback
+    model = first
+    if settings.reranker_dir:   # over cooc: the first stage is the fallback itself (observed once, via the model)
+        from .rerank import LLMReranker
+        model = LLMReranker(settings.reranker_dir, {}, first, n_candidates=settings.rerank_candidates)
+    return MicroBatcher(model, fallback=fallback, max_batch_size=settings.max_batch_size,
+                        max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
+                        timeout_s=settings.scorer_timeout_s)
 
 
 def create_app(settings: Settings, scorer=None) -> faust.App:
@@ -207,9 +219,7 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
                     continue
                 if is_new:
                     dirty[user] = (event, after)
-                    scorer.observe(history_items(before), interaction.item_id)
-                    if fallback is not None and fallback is not scorer:
-                        fallback.observe(history_items(before), interaction.item_id)
+                    scorer.observe(history_items(before), interaction.item_id)   # reaches its fallback too
                     applied_n.inc()
                 else:
                     duplicate_n.inc()

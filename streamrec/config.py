@@ -60,6 +60,10 @@ class Settings:
     scorer_threads: int = field(default=0, metadata={"help": "CPU threads of the model (0 = torch's default)"})
     group_lengths: int = field(default=0, metadata={
         "help": "split a batch into groups of similar history length, N requests or more each (0 = one call)"})
+    reranker_dir: str = field(default="", metadata={
+        "help": "local Hugging Face causal LM directory: re-rank the first stage's candidates LlamaRec-style "
+                "(item titles come from the items topic)"})
+    rerank_candidates: int = field(default=20, metadata={"help": "first-stage candidates the re-ranker sees (<= 26)"})
     max_batch_size: int = field(default=64, metadata={"help": "micro-batch: flush at this many requests"})
     max_wait_ms: float = field(default=5.0, metadata={"help": "micro-batch: flush after this long"})
     max_queue: int = field(default=4096, metadata={"help": "micro-batch: pending requests before callers wait"})

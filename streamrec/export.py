@@ -26,7 +26,7 @@ quantization could only quantize it per call and per tensor (one uint8 scale for
 pass over the table on every call and puts the quantization error exactly where items are ranked against each
 other. ``MatMulConstBOnly`` already skips it; we also list it in ``nodes_to_exclude`` so the decision is explicit.
 ``quantize_scoring=True`` quantizes it anyway, for measuring: on the trained Beauty model it cost 0.38% NDCG@10
-(vs +0.05% without) and tripled batch-1 latency (docs/benchmarks-scorer.md).
+(vs +0.05% without) and tripled batch-1 latency (docs/benchmarks.md).
 The attention matmuls (activation x activation) stay fp32 for the same reason.
 
     python -m streamrec.export MODEL_DIR [--quantize fp32,int8] [--out-dir DIR]

@@ -20,7 +20,7 @@ forward pass. Excluded items and padding get -inf before the top-k. ``group_leng
 the single call, for batches of at least N requests, for one call per padded width present (at most
 ``len(buckets)``): with short, long-tailed histories (Amazon-like) a large batch padded to its longest history is
 mostly padding, which on a CPU costs real time -- 1.45-2.6x throughput at batch 64-1024 with N=32 in
-docs/benchmarks-scorer.md; below ~32 requests the extra calls cost more than the padding. On a GPU keep it off.
+docs/benchmarks.md; below ~32 requests the extra calls cost more than the padding. On a GPU keep it off.
 
 Empty histories (no item the model knows): the model has never been trained to predict a first item, so those
 requests are answered from a popularity prior instead and marked ``fallback=True`` (reason ``empty-history``):
@@ -460,6 +460,8 @@ class LMScorer:
 
     def observe(self, history: Sequence[str], item_id: str) -> None:
         self.popularity[item_id] += 1
+        if self.fallback is not None:   # keep the fallback as current as it would be on its own
+            self.fallback.observe(history, item_id)
 
     def on_item(self, item_id: str, record: dict | None) -> None:
         """Catalog update: queue an unknown item that has a title, so the model can score it (cold start)."""
