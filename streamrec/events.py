@@ -7,10 +7,11 @@ validator for the same rules because it runs once per event on the hot path (jso
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("view", "click", "purchase", "rating")
@@ -50,7 +51,7 @@ class Interaction:
         return d
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+        return orjson.dumps(self.to_json())
 
 
 def parse_event(raw: bytes | None, max_bytes: int = 16384) -> Interaction:
@@ -60,12 +61,12 @@ def parse_event(raw: bytes | None, max_bytes: int = 16384) -> Interaction:
     if len(raw) > max_bytes:
         raise InvalidEvent("too_large", f"message is {len(raw)} bytes, limit is {max_bytes}")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent("not_utf8", f"message is not UTF-8: {exc}") from None
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:   # ValueError: JSONDecodeError, or an integer over 4300 digits
+        obj = orjson.loads(raw)   # rejects invalid UTF-8, NaN/Infinity and integers beyond 64 bits too
+    except (ValueError, RecursionError) as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as utf_exc:
+            raise InvalidEvent("not_utf8", f"message is not UTF-8: {utf_exc}") from None
         raise InvalidEvent("not_json", f"message is not JSON: {exc}") from None
     return validate_event(obj)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
-import json
 import time
 from typing import Any
+
+import orjson
 
 from .scoring import Scored
 
@@ -48,4 +49,4 @@ def dead_letter(*, reason: str, error: str, source_topic: str, partition: int | 
 
 
 def encode(msg: dict[str, Any]) -> bytes:
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(msg)   # compact UTF-8, several times faster than json on the per-event path

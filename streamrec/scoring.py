@@ -54,8 +54,9 @@ class CooccurrenceScorer:
 
     Scoring reads only the ``score_neighbors`` strongest neighbours of each history item (item-kNN): that is what
     keeps it at tens of microseconds per request, the difference between ~1k and several k events/s per worker.
-    For rows longer than that the top list is cached and rebuilt once its row has changed by about an eighth, so
-    its counts may lag the live ones by that much; short rows are always read live.
+    For rows longer than that the top list (with its normalised weights) is cached and rebuilt once the row has
+    had about a quarter of its length in new co-occurrences, so its weights may lag the live counts a little;
+    short rows are always read live.
     """
 
     name = "cooc"
@@ -109,8 +110,8 @@ class CooccurrenceScorer:
             row = self._neighbors(h)
             if row:
                 wh = weight / math.sqrt(pop.get(h, 0) or 1)
-                for c, n in row:
-                    scores[c] = get(c, 0.0) + wh * n / math.sqrt(pop.get(c, 0) or 1)
+                for c, v in row:
+                    scores[c] = get(c, 0.0) + wh * v
             weight *= self.decay
         norm = math.log1p(self._max_pop) or 1.0
         pw = self.popularity_weight / norm
@@ -124,13 +125,18 @@ class CooccurrenceScorer:
                     break
         return heapq.nlargest(req.k, candidates, key=_by_score_then_id)
 
-    def _neighbors(self, h: str):
+    def _neighbors(self, h: str) -> list[tuple[str, float]]:
+        """h's strongest neighbours c with cooc(h, c) / sqrt(pop(c))."""
         row = self.cooc.get(h)
-        if not row or len(row) <= self.score_neighbors:
-            return row.items() if row else ()
+        if not row:
+            return []
+        pop = self.pop
+        if len(row) <= self.score_neighbors:
+            return [(c, n / math.sqrt(pop.get(c, 0) or 1)) for c, n in row.items()]
         top = self._top.get(h)
         if top is None or self._changes[h] > max(8, len(row) // 4):
-            top = self._top[h] = heapq.nlargest(self.score_neighbors, row.items(), key=_count)
+            top = self._top[h] = [(c, n / math.sqrt(pop.get(c, 0) or 1))
+                                  for c, n in heapq.nlargest(self.score_neighbors, row.items(), key=_count)]
             self._changes[h] = 0
         return top
 

@@ -10,8 +10,9 @@ A state is a plain JSON-able dict so that the table's changelog stays readable a
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from .events import Interaction
 
@@ -73,8 +74,8 @@ def seen_items(state: UserState | None) -> set[str]:
 
 def encode_state(state: UserState) -> bytes:
     """The table's stored form (RocksDB value and changelog record): compact JSON."""
-    return json.dumps(state, separators=(",", ":")).encode()
+    return orjson.dumps(state)
 
 
 def decode_state(raw: bytes | None) -> UserState | None:
-    return None if raw is None else json.loads(raw)
+    return None if raw is None else orjson.loads(raw)
