@@ -116,6 +116,7 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4096,
         producer_linger_ms=settings.producer_linger_ms,
+        producer_max_batch_size=256 * 1024,   # per partition; the 16 KiB default fills with ~20 recommendations
         producer_compression_type=None if settings.producer_compression == "none" else settings.producer_compression,
         web_port=settings.web_port,
         web_bind=settings.web_host,
