@@ -48,7 +48,7 @@ _HELP = {
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     g = p.add_argument_group("hyper-parameters (defaults = TrainConfig)")
     for f in dataclasses.fields(TrainConfig):
@@ -64,7 +64,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args):
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
               if getattr(args, f.name, None) is not None}

@@ -27,7 +27,6 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -35,67 +34,10 @@ from typing import Mapping, Sequence
 import torch
 
 from .evaluate import (Split, build_vocab, evaluate, leave_one_out, lm_score_fn, train_sequences)
-from .model import PAD, ItemLM, ItemLMConfig, ItemVocab
+from .model import PAD, ItemLM, ItemVocab
+from .train_config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    # --- model ---------------------------------------------------------------------------------------------------
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    intermediate_size: int = 0          # MLP width; 0 = 4 * hidden_size
-    max_len: int = 50                   # longest history the model reads (and trains on)
-    embedding_dropout: float = 0.5      # dropout on the item embeddings of the input sequence
-    attention_dropout: float = 0.2      # dropout on the attention probabilities
-    hidden_dropout: float = 0.0         # dropout on each attention / MLP output before the residual add (SASRec
-                                        #   style; training-time forward hooks, the saved model is unchanged)
-    id_dropout: float = 0.0             # share of items whose id embedding is dropped per step (text-only items:
-                                        #   teaches a text-aware model to rank cold-start items); needs use_text
-    initializer_range: float = 0.02
-    use_text: bool = False              # add projected title embeddings (all-MiniLM-L6-v2, 384-d) to item embeddings
-    text_model: str = ""                # "" = bundled all-MiniLM-L6-v2, or a local sentence-transformers directory
-    # --- optimisation --------------------------------------------------------------------------------------------
-    lr: float = 1e-3
-    weight_decay: float = 0.0           # AdamW, on weight matrices and embeddings (not on norms)
-    batch_size: int = 256               # sequences per step
-    grad_clip: float = 1.0              # max gradient norm (0 = off)
-    lr_patience: int = 0                # multiply the lr by lr_factor after every N evaluations without improvement
-    lr_factor: float = 0.5              #   (0 = constant lr)
-    epochs: int = 200
-    patience: int = 10                  # stop after this many evaluations without a better validation NDCG@10
-    eval_every: int = 1                 # validate every N epochs
-    valid_users: int = 0                # validate each epoch on a fixed random sample of N users (0 = all)
-    max_minutes: float = 0.0            # stop training after this much wall time (0 = no limit); test still runs
-    seed: int = 42
-    # --- data ----------------------------------------------------------------------------------------------------
-    max_users: int = 0                  # use only N users (random, fixed by seed) for quick runs; 0 = all
-    cold_items: float = 0.0             # cold-start experiment: hold out this share of items from training entirely
-    # --- runtime -------------------------------------------------------------------------------------------------
-    device: str = "cpu"                 # cpu, cuda or auto
-    num_threads: int = 2                # torch CPU threads
-    eval_batch_size: int = 512
-
-    # fields that change how fast, not what is trained: left out of the version hash
-    RUNTIME = ("device", "num_threads", "eval_batch_size")
-
-    def model_config(self, n_items: int, text_dim: int = 0) -> ItemLMConfig:
-        return ItemLMConfig(
-            n_items=n_items, text_dim=text_dim, embedding_dropout=self.embedding_dropout,
-            hidden_size=self.hidden_size, intermediate_size=self.intermediate_size or 4 * self.hidden_size,
-            num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_heads, max_position_embeddings=self.max_len,
-            attention_dropout=self.attention_dropout, initializer_range=self.initializer_range, use_cache=False)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # --- data ------------------------------------------------------------------------------------------------------------
