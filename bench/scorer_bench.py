@@ -39,8 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streamrec.export import export                                      # noqa: E402
-from streamrec.model import ItemLM, ItemLMConfig, ItemVocab, left_pad    # noqa: E402
+from streamrec.model import ItemLM, ItemLMConfig, ItemVocab               # noqa: E402
 from streamrec.scoring import ScoreRequest                               # noqa: E402
+from streamrec.train import next_item_loss                             # noqa: E402
 from streamrec.serving import LMScorer, length_buckets                   # noqa: E402
 
 # Dense peak TFLOP/s (bf16, fp8, int8 TOPS) without sparsity, from NVIDIA's data sheets.
@@ -248,16 +249,12 @@ def train_synthetic(directory: Path, args) -> tuple[list[list[str]], list[str]]:
                                 intermediate_size=4 * args.hidden, max_position_embeddings=args.max_len,
                                 text_dim=args.text_dim))
     train = [vocab.encode(s[:-1]) for s in seqs.values()]
-    ids, mask = left_pad(train, args.max_len)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     t = time.perf_counter()
     for step in range(args.q_steps):
-        b = torch.randint(0, len(ids), (128,))
-        x, m = ids[b], mask[b]
-        logits = model.hidden_states(x[:, :-1], m[:, :-1]) @ model.item_embeddings().T
-        y = x[:, 1:].masked_fill(m[:, :-1] == 0, -100)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+        batch = [train[i][-args.max_len:] for i in torch.randint(0, len(train), (128,))]
+        loss, _ = next_item_loss(model, batch, "cpu")
         opt.zero_grad()
         loss.backward()
         opt.step()

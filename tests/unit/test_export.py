@@ -13,17 +13,12 @@ import torch
 from streamrec.datasets import synthetic
 from streamrec.export import FILES, export, is_current, model_fingerprint, scoring_matmul, top_k_overlap
 from streamrec.model import ItemLM, ItemLMConfig, ItemVocab, left_pad
+from streamrec.train import next_item_loss
 
 MAX_LEN = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CI/dev boxes are small and shared: more threads than free cores makes OpenMP spin and crawl.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_tiny(directory, *, text_dim: int = 8, steps: int = 150, seed: int = 0):
@@ -41,15 +36,10 @@ def train_tiny(directory, *, text_dim: int = 8, steps: int = 150, seed: int = 0)
         with torch.no_grad():
             model.item_text.normal_()
     train = [vocab.encode(s[:-1]) for s in seqs.values()]
-    ids, mask = left_pad(train, MAX_LEN)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(steps):
-        b = torch.randint(0, len(ids), (64,))
-        x, m = ids[b], mask[b]
-        logits = model.hidden_states(x[:, :-1], m[:, :-1]) @ model.item_embeddings().T
-        y = x[:, 1:].masked_fill(m[:, :-1] == 0, -100)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+        loss, _ = next_item_loss(model, [train[i][-MAX_LEN:] for i in torch.randint(0, len(train), (64,))], "cpu")
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -16,12 +16,7 @@ TITLES = synthetic_titles(40, 4)          # "hiking boots trail outdoor model 3"
 ITEMS = sorted(TITLES, key=int)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build_checkpoint(directory, letters: str = LETTERS[:20]):

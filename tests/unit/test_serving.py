@@ -24,12 +24,7 @@ CPU_BACKENDS = ["torch", "onnx", "onnx-int8"]
 ALL_BACKENDS = CPU_BACKENDS + ["cuda-bf16", "cuda-fp8", "cuda-int8"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def item(i: int) -> str:
