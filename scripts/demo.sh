@@ -15,6 +15,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/bootstrap.sh
 VENV="${STREAMREC_VENV:-$HOME/.cache/streamrec/venv}"
+# The venv is shared by every clone on the machine and its editable install points at whichever clone ran
+# bootstrap last: put this checkout first on the path so its code is the code that runs.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$VENV/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 RUN="$ROOT/var/demo"
