@@ -32,6 +32,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,8 +64,10 @@ def produce(bootstrap: str, topic: str, events: list[Interaction]) -> float:
     return len(events) / (time.perf_counter() - t)
 
 
-def output_rate(bootstrap: str, topic: str, n: int, timeout: float) -> tuple[int, float]:
-    """Wait for ``n`` messages on ``topic``; (count, messages/s between the first and last message timestamp)."""
+def output_rate(bootstrap: str, topic: str, n: int, timeout: float, scorers: Counter | None = None
+                ) -> tuple[int, float]:
+    """Wait for ``n`` messages on ``topic``; (count, messages/s between the first and last message timestamp).
+    ``scorers`` counts the recommendations by scorer name (``name`` or ``name FALLBACK``)."""
     from kafka import KafkaConsumer
     c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
                       consumer_timeout_ms=1000, fetch_max_bytes=64 * 1024 * 1024)
@@ -76,6 +79,9 @@ def output_rate(bootstrap: str, topic: str, n: int, timeout: float) -> tuple[int
                 first = r.timestamp if first is None else min(first, r.timestamp)
                 last = r.timestamp if last is None else max(last, r.timestamp)
                 count += 1
+                if scorers is not None:
+                    s = json.loads(r.value)["scorer"]
+                    scorers[s["name"] + (" FALLBACK" if s["fallback"] else "")] += 1
     finally:
         c.close()
     span = max((last or 0) - (first or 0), 1) / 1000.0
@@ -174,7 +180,9 @@ def main() -> int:
     prof = tmp / "worker.prof" if args.profile else None
     proc = run_worker(env, prof)
     try:
-        pipe_count, pipe_rate = output_rate(args.bootstrap, settings.topic("recommendations"), n, args.timeout)
+        scorers: Counter = Counter()
+        pipe_count, pipe_rate = output_rate(args.bootstrap, settings.topic("recommendations"), n, args.timeout,
+                                            scorers)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
@@ -185,13 +193,13 @@ def main() -> int:
         "bare_events_per_s": round(bare_rate), "bare_wall_s": round(bare_wall, 2), "bare_out": bare_count,
         "pipeline_events_per_s": round(pipe_rate), "pipeline_out": pipe_count,
         "ratio_pipeline_to_bare": round(pipe_rate / bare_rate, 3) if bare_rate else None,
-        "worker_env": args.worker_env,
+        "worker_env": args.worker_env, "scorers": dict(scorers),
     }
     print()
     print(f"{'path':<34}{'events/s':>12}")
     print(f"{'kafka-python producer (input)':<34}{produce_rate:>12,.0f}")
     print(f"{'bare aiokafka consume->produce':<34}{bare_rate:>12,.0f}")
-    print(f"{'streamrec pipeline (cooc)':<34}{pipe_rate:>12,.0f}")
+    print(f"{'streamrec pipeline':<34}{pipe_rate:>12,.0f}   scorer: {dict(scorers)}")
     print(f"ratio pipeline / bare: {result['ratio_pipeline_to_bare']}")
     if pipe_count < n or bare_count < n:
         print(f"WARNING: incomplete outputs: pipeline {pipe_count}/{n}, bare {bare_count}/{n}")
