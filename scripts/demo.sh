@@ -108,6 +108,17 @@ print("[demo] worker counters:", ", ".join(f"{k}={int(v)}" for k, v in m.items()
 print(f"[demo] {int(m['recommendations'])} recommendations in {took:.1f} s since replay started "
       f"({m['recommendations'] / took:.0f}/s end to end)")
 PY
-echo "[demo] look up one user over HTTP: curl http://127.0.0.1:$STREAMREC_WEB_PORT/recommendations/1"
-python -c "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:$STREAMREC_WEB_PORT/recommendations/1').read().decode()[:400])" || true
+echo "[demo] what the worker recommends now, looked up over HTTP (GET /recommendations/{user_id}):"
+python - <<PY
+import json, urllib.request
+from streamrec.datasets import read_events, read_titles
+from streamrec.tail import format_recommendation
+titles = read_titles("$TITLES") if "$TITLES" else {}
+users = []
+for e in read_events("$DATA")[:$EVENTS]:   # two of the most active users of the replayed slice
+    users.append(e.user_id)
+for user in sorted(set(users), key=users.count, reverse=True)[:2]:
+    msg = json.loads(urllib.request.urlopen(f"http://127.0.0.1:$STREAMREC_WEB_PORT/recommendations/{user}").read())
+    print(format_recommendation(msg, titles))
+PY
 echo "[demo] done"

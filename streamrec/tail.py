@@ -46,7 +46,8 @@ def format_recommendation(msg: dict, titles: dict[str, str] | None = None) -> st
     titles = titles or {}
     scorer = msg.get("scorer", {})
     flag = " FALLBACK" if scorer.get("fallback") else ""
-    head = (f"user {msg.get('user_id')}  after event {msg.get('trigger_event_id')}  "
+    trigger = msg.get("trigger_event_id")
+    head = (f"user {msg.get('user_id')}  {f'after event {trigger}' if trigger else 'on request'}  "
             f"[{scorer.get('name')} {scorer.get('version')}{flag}]")
     lines = [head]
     for it in msg.get("items", []):
