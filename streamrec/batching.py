@@ -20,6 +20,10 @@ from . import metrics
 from .scoring import ScoreRequest, Scored, Scorer
 
 
+class ModelBusy(RuntimeError):
+    """The model thread is still running a call that timed out."""
+
+
 @dataclass
 class _Pending:
     request: ScoreRequest
@@ -45,6 +49,7 @@ class MicroBatcher:
         self._space = asyncio.Condition()
         self._task: asyncio.Task | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        self._stuck: asyncio.Future | None = None   # a timed-out model call still running in the thread
 
     # --- the Scorer protocol, async flavour ---------------------------------------------------------
     def observe(self, history: Sequence[str], item_id: str) -> None:
@@ -115,15 +120,24 @@ class MicroBatcher:
         requests = [p.request for p in batch]
         metrics.SCORE_BATCH.observe(len(requests))
         try:
+            if self._stuck is not None and not self._stuck.done():
+                # The model thread is still busy with a call that timed out: queueing behind it would time out
+                # too, batch after batch. Answer from the fallback until it is free again.
+                raise ModelBusy("an earlier model call timed out and is still running")
             self.model_calls += 1
             started = time.perf_counter()
-            results = await asyncio.wait_for(
-                asyncio.get_running_loop().run_in_executor(self._pool, self.scorer.score, requests), self.timeout_s)
+            call = asyncio.get_running_loop().run_in_executor(self._pool, self.scorer.score, requests)
+            try:
+                results = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
+            except asyncio.TimeoutError:
+                self._stuck = call   # the thread cannot be interrupted; remember it until it returns
+                raise
             metrics.COMPUTE.labels(self.scorer.name).observe(time.perf_counter() - started)
             if len(results) != len(requests):   # zip() below would leave the surplus callers waiting forever
                 raise RuntimeError(f"scorer returned {len(results)} results for {len(requests)} requests")
         except Exception as exc:      # includes the timeout: never leave a caller waiting or without an answer
-            reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else "error"
+            reason = ("timeout" if isinstance(exc, asyncio.TimeoutError) else
+                      "busy" if isinstance(exc, ModelBusy) else "error")
             metrics.FALLBACKS.labels(reason).inc(len(requests))
             try:
                 if self.fallback is None:

@@ -295,6 +295,34 @@ def test_slow_scorer_times_out_to_fallback():
     assert 0.09 <= elapsed < 5
 
 
+def test_after_a_timeout_the_busy_model_is_bypassed_until_it_returns():
+    gate = threading.Event()
+    scorer = FakeScorer(gate=gate)
+    fallback = FakeScorer("backup")
+
+    async def go():
+        b = MicroBatcher(scorer, fallback=fallback, max_wait_ms=1, timeout_s=0.1)
+        try:
+            first = await b.submit(req("u1", "a"))             # times out; the model thread stays blocked
+            t0 = time.perf_counter()
+            second = await b.submit(req("u2", "b"))            # must not queue behind the stuck call
+            waited = time.perf_counter() - t0
+            gate.set()                                         # the stuck call returns ...
+            while b._stuck is not None and not b._stuck.done():
+                await asyncio.sleep(0.01)
+            third = await b.submit(req("u3", "c"))             # ... and the model is used again
+            return first, second, waited, third
+        finally:
+            gate.set()
+            await b.close()
+
+    first, second, waited, third = run(go)
+    assert first.fallback_reason.startswith("timeout")
+    assert second.fallback and second.fallback_reason.startswith("busy") and waited < 0.09
+    assert not third.fallback and third.scorer == "fake" and answer(third) == "u3:c"
+    assert len(scorer.calls) == 2                              # u1 (stuck) and u3; u2 never reached the model
+
+
 def test_no_fallback_the_exception_reaches_every_caller():
     scorer = FakeScorer(fail=KeyError("missing item"))
 
