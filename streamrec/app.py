@@ -11,16 +11,20 @@ The agent takes events from the stream in small batches (``take_events``) instea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 import time
 import weakref
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import faust
+import orjson
 from faust import streams as faust_streams
 
 from . import messages, metrics
+from .catalog import validate_item
 from .config import Settings
 from .events import InvalidEvent, parse_event
 from .scoring import CooccurrenceScorer, ScoreRequest, Scored
@@ -42,6 +46,18 @@ def processing(event: faust.EventT) -> Iterator[None]:
         yield
     finally:
         faust_streams._current_event.reset(token)
+
+
+def fatal(what: str, exc: BaseException | None = None) -> NoReturn:
+    """Stop the worker at once, before Faust can ack and commit the events in hand.
+
+    Faust acks a ``take_events`` batch even when the agent raises, and would commit offsets of events that were
+    never answered. Exiting instead makes Kafka redeliver them to the restarted worker (or to another one), where
+    the dedupe ring keeps what was already applied from being applied twice: nothing is lost, nothing doubled.
+    """
+    log.critical("%s; exiting without committing, the events in hand will be redelivered", what, exc_info=exc)
+    logging.shutdown()
+    os._exit(70)
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -135,18 +151,53 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     # (state.encode_state); Faust's JSON codec would encode every write twice (RocksDB and changelog), slower.
     user_state = app.Table("user_state", default=None, partitions=n_partitions, key_type=bytes, value_type=bytes,
                            help="per-user history, counters, last seen and recently applied event ids")
-    catalog = app.GlobalTable("catalog", default=None, partitions=spec_for(settings, ITEMS).partitions,
-                              help="item records from the items topic")
     scorer = scorer or build_scorer(settings)
     fallback = scorer if isinstance(scorer, CooccurrenceScorer) else getattr(scorer, "fallback", None)
-    unavailable: set[str] = set()
+    unavailable: set[str] = set()   # never recommended: available=false or deleted in the catalog
+
+    def apply_item(item_id: str, record: dict | None) -> None:
+        """Every worker's view of the catalog: what not to recommend, and new items for the scorer (cold start)."""
+        gone = record is None or record.get("deleted") or not record.get("available", True)
+        (unavailable.add if gone else unavailable.discard)(item_id)
+        if hasattr(scorer, "on_item"):
+            scorer.on_item(item_id, None if record is None or record.get("deleted") else record)
+
+    async def on_catalog_change(event: faust.EventT) -> None:
+        # Called for every catalog changelog record a worker reads: during recovery on every worker, and live on
+        # the workers that do not own the items partition (they hold the GlobalTable as a standby copy).
+        key, value = event.key, event.value
+        try:
+            item_id = key.decode() if isinstance(key, bytes) else str(orjson.loads(key) if key[:1] == '"' else key)
+            record = orjson.loads(value) if isinstance(value, (bytes, str)) else value
+            apply_item(item_id, record)
+        except Exception:   # a catalog view must never stop recovery
+            log.exception("unreadable catalog changelog record %r", key)
+
+    catalog = app.GlobalTable("catalog", default=None, partitions=spec_for(settings, ITEMS).partitions,
+                              on_changelog_event=on_catalog_change, help="item records from the items topic")
     app.scorer, app.user_state, app.catalog = scorer, user_state, catalog
+
+    exactly_once = settings.processing_guarantee == "exactly_once"
+
+    def delivered(fut) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            fatal("a message could not be delivered to Kafka", fut.exception())
+
+    async def publish(topic: faust.TopicT, key: bytes | None, value: bytes) -> None:
+        if exactly_once:   # Faust's topic send joins the partition's transaction
+            await topic.send(key=key, value=value)
+        else:
+            # Straight to the producer: Faust's per-message channel machinery costs more than the rest of the
+            # event's work. Faust flushes the producer before it commits offsets; a message that still fails to
+            # be delivered stops the worker before the next commit (see fatal()).
+            fut = await app.producer.send(topic.get_topic_name(), key, value, None, None, None)
+            fut.add_done_callback(delivered)
 
     async def dead_letter(event: faust.EventT, error: str, reason: str) -> None:
         msg = event.message
-        await dead_letters.send(key=msg.key, value=messages.encode(messages.dead_letter(
+        await publish(dead_letters, msg.key, messages.encode(messages.dead_letter(
             reason=reason, error=error, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
-            key=msg.key, value=msg.value)))
+            key=msg.key, value=msg.value, max_value_bytes=settings.max_event_bytes)))
         metrics.EVENTS.labels("dead_letter").inc()
         log.warning("dead-lettered %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
 
@@ -171,105 +222,119 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
             metrics.SCORE_BATCH.observe(len(requests))
         return results
 
-    exactly_once = settings.processing_guarantee == "exactly_once"
-    rec_topic = settings.topic(RECOMMENDATIONS)
-
-    async def publish(key: bytes, value: bytes) -> None:
-        if exactly_once:   # Faust's topic send joins the partition's transaction
-            await recommendations.send(key=key, value=value)
-        else:
-            # Straight to the producer: Faust's per-message channel machinery costs more than the rest of the
-            # event's work. Still at-least-once: Faust flushes the producer before it commits offsets.
-            await app.producer.send(rec_topic, key, value, None, None, None)
-
     applied_n, duplicate_n = metrics.EVENTS.labels("applied"), metrics.EVENTS.labels("duplicate")
+
+    async def handle_batch(batch: list[faust.EventT]) -> None:
+        metrics.AGENT_BATCH.observe(len(batch))
+        applied: list[tuple[Any, dict, bool]] = []
+        # Newest state of each user touched by this batch, and the event to write it under: the table (RocksDB
+        # + changelog) is written once per user per batch, not once per event.
+        dirty: dict[str, tuple[faust.EventT, dict]] = {}
+        for event in batch:
+            try:
+                interaction = parse_event(event.message.value, settings.max_event_bytes)
+            except InvalidEvent as exc:
+                await dead_letter(event, exc.kind, exc.reason)
+                continue
+            user = interaction.user_id
+            key = event.message.key
+            if key != user.encode():
+                # A user's events must share a partition (that is where their state lives): re-key, like
+                # Faust's group_by, and let the copy be applied when it comes back.
+                await publish(interactions, user.encode(), event.message.value)
+                metrics.EVENTS.labels("rekeyed").inc()
+                continue
+            try:
+                if user in dirty:
+                    before = dirty[user][1]
+                else:
+                    with processing(event):
+                        before = decode_state(user_state.get(key))
+                after, is_new = apply_event(before, interaction, history_size=settings.history_size,
+                                            dedupe_window=settings.dedupe_window)
+            except Exception as exc:   # keep the worker alive; the event is kept in the dead-letter topic
+                log.exception("failed to apply event")
+                await dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:500])
+                continue
+            if is_new:
+                dirty[user] = (event, after)
+                scorer.observe(history_items(before), interaction.item_id)   # reaches its fallback too
+                applied_n.inc()
+            else:
+                duplicate_n.inc()
+            applied.append((interaction, after, not is_new))
+        for user, (event, state) in dirty.items():
+            with processing(event):
+                user_state[event.message.key] = encode_state(state)
+        if not applied:
+            return
+        # Coalesce: one request per user, from their newest state; every event of theirs gets the answer.
+        latest = {i.user_id: s for i, s, _ in applied}
+        users = list(latest)
+        requests = [ScoreRequest(u, tuple(history_items(latest[u])), settings.top_k,
+                                 frozenset(seen_items(latest[u]) | unavailable)) for u in users]
+        answers = dict(zip(users, await score(requests)))
+        for interaction, _, redelivered in applied:
+            msg = messages.recommendation(interaction.user_id, answers[interaction.user_id],
+                                          trigger_event_id=interaction.event_id,
+                                          event_timestamp=interaction.timestamp, redelivered=redelivered)
+            await publish(recommendations, interaction.user_id.encode(), messages.encode(msg))
+        metrics.RECOMMENDATIONS.inc(len(applied))
+
+    @app.task
+    async def learn_from_table() -> None:
+        """Once the tables are recovered: the catalog's exclusions, and the scorer taught from the histories in this
+        worker's user_state partitions.
+
+        The scorers' online counts live in memory; without this a restarted worker (or one that took over
+        partitions) would recommend from nothing until the stream had taught it again.
+        """
+        await app.tables.recovery.completed.wait()
+        # The catalog too: recovery from local RocksDB replays no changelog records (nothing for
+        # on_catalog_change to see), yet a restarted worker must know at once what not to recommend.
+        for item_id, record in catalog.items():
+            apply_item(str(item_id), record)
+        users = 0
+        for _, raw in user_state.items():
+            items = history_items(decode_state(raw))
+            for i, item in enumerate(items):
+                scorer.observe(items[:i], item)
+            users += 1
+            if users % 500 == 0:
+                await asyncio.sleep(0)   # let the agents run meanwhile
+        log.info("scorer warmed up from the histories of %d users", users)
 
     @app.agent(interactions, name="process_interactions")
     async def process_interactions(stream):
         async for batch in stream.take_events(settings.take_batch, within=settings.take_within_s):
-            metrics.AGENT_BATCH.observe(len(batch))
-            applied: list[tuple[Any, dict, bool]] = []
-            # Newest state of each user touched by this batch, and the event to write it under: the table (RocksDB
-            # + changelog) is written once per user per batch, not once per event.
-            dirty: dict[str, tuple[faust.EventT, dict]] = {}
-            for event in batch:
-                try:
-                    interaction = parse_event(event.message.value, settings.max_event_bytes)
-                except InvalidEvent as exc:
-                    await dead_letter(event, exc.kind, exc.reason)
-                    continue
-                user = interaction.user_id
-                key = event.message.key
-                if key != user.encode():
-                    # A user's events must share a partition (that is where their state lives): re-key, like
-                    # Faust's group_by, and let the copy be applied when it comes back.
-                    await interactions.send(key=user.encode(), value=event.message.value)
-                    metrics.EVENTS.labels("rekeyed").inc()
-                    continue
-                try:
-                    if user in dirty:
-                        before = dirty[user][1]
-                    else:
-                        with processing(event):
-                            before = decode_state(user_state.get(key))
-                    after, is_new = apply_event(before, interaction, history_size=settings.history_size,
-                                                dedupe_window=settings.dedupe_window)
-                except Exception as exc:   # keep the worker alive; the event is kept in the dead-letter topic
-                    log.exception("failed to apply event")
-                    await dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:500])
-                    continue
-                if is_new:
-                    dirty[user] = (event, after)
-                    scorer.observe(history_items(before), interaction.item_id)   # reaches its fallback too
-                    applied_n.inc()
-                else:
-                    duplicate_n.inc()
-                applied.append((interaction, after, not is_new))
-            for user, (event, state) in dirty.items():
-                with processing(event):
-                    user_state[event.message.key] = encode_state(state)
-            if not applied:
-                continue
-            # Coalesce: one request per user, from their newest state; every event of theirs gets the answer.
-            latest = {i.user_id: s for i, s, _ in applied}
-            users = list(latest)
-            requests = [ScoreRequest(u, tuple(history_items(latest[u])), settings.top_k,
-                                     frozenset(seen_items(latest[u]) | unavailable)) for u in users]
-            answers = dict(zip(users, await score(requests)))
-            for interaction, _, redelivered in applied:
-                msg = messages.recommendation(interaction.user_id, answers[interaction.user_id],
-                                              trigger_event_id=interaction.event_id,
-                                              event_timestamp=interaction.timestamp, redelivered=redelivered)
-                await publish(interaction.user_id.encode(), messages.encode(msg))
-            metrics.RECOMMENDATIONS.inc(len(applied))
+            try:
+                await handle_batch(batch)
+            except Exception as exc:   # bad input never gets here (dead-lettered per event): this is a fault
+                fatal(f"a batch of {len(batch)} interaction events failed", exc)
 
     @app.agent(items, name="update_catalog")
     async def update_catalog(stream):
-        import json
         async for event in stream.events():
-            msg = event.message
-            item_id = msg.key.decode(errors="replace") if msg.key else None
             try:
-                record = None if msg.value is None else json.loads(msg.value)
-                if record is not None:
-                    from .catalog import validate_item
-                    validate_item(record)
-                    item_id = record["item_id"]
-            except (ValueError, KeyError) as exc:
-                await dead_letter(event, "schema", f"item record: {exc}")
-                continue
-            if item_id is None:
-                await dead_letter(event, "schema", "item record without key or item_id")
-                continue
-            if record is None:
-                catalog.pop(item_id, None)
-                unavailable.add(item_id)
-            else:
-                catalog[item_id] = record
-                (unavailable.discard if record.get("available", True) else unavailable.add)(item_id)
-            if hasattr(scorer, "on_item"):
-                scorer.on_item(item_id, record)
-            metrics.CATALOG_ITEMS.set(len(catalog))
+                await handle_item(event)
+            except Exception as exc:
+                fatal("an item record failed", exc)
+
+    async def handle_item(event: faust.EventT) -> None:
+        msg = event.message
+        try:
+            record = None if msg.value is None else validate_item(orjson.loads(msg.value))
+            item_id = record["item_id"] if record is not None else (msg.key or b"").decode()
+            if not item_id:
+                raise ValueError("a deletion (null value) needs the item id as its key")
+        except (ValueError, RecursionError) as exc:   # orjson errors and UnicodeDecodeError are ValueErrors
+            await dead_letter(event, "schema", f"item record: {exc}")
+            return
+        # A deletion is kept as a marker record, not removed: a restarted worker must still know not to
+        # recommend the item, long after Kafka has compacted a tombstone away.
+        catalog[item_id] = record if record is not None else {"item_id": item_id, "deleted": True}
+        apply_item(item_id, record)
+        metrics.CATALOG_ITEMS.set(len(catalog))
 
     @app.page("/metrics")
     async def metrics_page(web, request):

@@ -34,18 +34,26 @@ def recommendation(user_id: str, scored: Scored, *, trigger_event_id: str, event
 
 
 def dead_letter(*, reason: str, error: str, source_topic: str, partition: int | None, offset: int | None,
-                key: bytes | None, value: bytes | None, now: float | None = None) -> dict[str, Any]:
-    return {
+                key: bytes | None, value: bytes | None, now: float | None = None,
+                max_value_bytes: int | None = None) -> dict[str, Any]:
+    """``max_value_bytes``: keep at most this many bytes of the original (a dead letter must itself fit in a Kafka
+    message; the complete original stays at ``source_topic``/``source_partition``/``source_offset``)."""
+    value = value or b""
+    msg = {
         "schema_version": SCHEMA_VERSION,
         "reason": reason,
         "error": error,
         "source_topic": source_topic,
         "source_partition": partition,
         "source_offset": offset,
-        "original_key_b64": None if key is None else base64.b64encode(key).decode(),
-        "original_value_b64": base64.b64encode(value or b"").decode(),
+        "original_key_b64": None if key is None else base64.b64encode(key[:1024]).decode(),
+        "original_value_b64": base64.b64encode(value[:max_value_bytes] if max_value_bytes else value).decode(),
         "received_at": time.time() if now is None else now,
     }
+    if max_value_bytes and len(value) > max_value_bytes:
+        msg["truncated"] = True
+        msg["original_size"] = len(value)
+    return msg
 
 
 def encode(msg: dict[str, Any]) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +73,17 @@ class CooccurrenceScorer:
         self.pop: Counter[str] = Counter()
         self.cooc: dict[str, Counter[str]] = defaultdict(Counter)
         self._max_pop = 0
+        # observe() runs on the event loop; score() may run in the micro-batcher's thread (under a re-ranker)
+        self._lock = threading.Lock()
         self._top: dict[str, list[tuple[str, int]]] = {}    # cached strongest neighbours of long rows
         self._changes: Counter[str] = Counter()              # bumps of a row since its top list was built
 
     # --- learning -------------------------------------------------------------------------------
     def observe(self, history: Sequence[str], item_id: str) -> None:
+        with self._lock:
+            self._observe(history, item_id)
+
+    def _observe(self, history: Sequence[str], item_id: str) -> None:
         self.pop[item_id] += 1
         self._max_pop = max(self._max_pop, self.pop[item_id])
         for h in set(history[-self.window:]):
@@ -93,9 +100,10 @@ class CooccurrenceScorer:
             self.cooc[a] = Counter(dict(row.most_common(self.max_neighbors)))
 
     def fit(self, sequences: Iterable[Sequence[str]]) -> "CooccurrenceScorer":
-        for seq in sequences:
-            for i, item in enumerate(seq):
-                self.observe(seq[max(0, i - self.window):i], item)
+        with self._lock:
+            for seq in sequences:
+                for i, item in enumerate(seq):
+                    self._observe(seq[max(0, i - self.window):i], item)
         return self
 
     # --- scoring --------------------------------------------------------------------------------
@@ -141,7 +149,8 @@ class CooccurrenceScorer:
         return top
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
-        return [Scored(self.score_one(r), self.name, self.version) for r in requests]
+        with self._lock:
+            return [Scored(self.score_one(r), self.name, self.version) for r in requests]
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -149,6 +149,7 @@ class LMScorer:
         self._pending_lock = threading.Lock()   # for a model call running in another thread
         self._prior: np.ndarray | None = None
         self.popularity: Counter[str] = Counter()
+        self._pop_lock = threading.Lock()
         for k, v in _read_json(self.model_dir / "popularity.json", artefacts / "popularity.json").items():
             self.popularity[str(k)] = int(v)
         self.cold_start_added = 0
@@ -238,7 +239,8 @@ class LMScorer:
             out[i] = Scored(items[: requests[i].k], self.name, self.version)
 
     def observe(self, history: Sequence[str], item_id: str) -> None:
-        self.popularity[item_id] += 1
+        with self._pop_lock:
+            self.popularity[item_id] += 1
         if self.fallback is not None:   # keep the fallback as current as it would be on its own
             self.fallback.observe(history, item_id)
 
@@ -288,9 +290,11 @@ class LMScorer:
         k = r_k(r)
         if k <= 0:
             return Scored([], self.name, self.version)
-        if self.popularity:
+        with self._pop_lock:   # observe() counts on the event loop's thread while this runs in the model's
             total = sum(self.popularity.values())
-            items = [(i, n / total) for i, n in self.popularity.most_common(k + len(r.exclude)) if i not in r.exclude]
+            ranked = self.popularity.most_common(k + len(r.exclude)) if total else []
+        if ranked:
+            items = [(i, n / total) for i, n in ranked if i not in r.exclude]
             reason = "empty-history: popularity"
         else:
             prior = self.model_prior()
@@ -336,5 +340,7 @@ def build_lm_scorer(settings) -> LMScorer:
         raise ValueError("the lm scorer needs a model directory (--model-dir / STREAMREC_MODEL_DIR)")
     cooc = Path(settings.model_dir) / "cooc.json"
     fallback = CooccurrenceScorer.load(cooc) if cooc.is_file() else CooccurrenceScorer()
+    if settings.scorer_threads:   # torch backends take it from here, ONNX Runtime from its session options
+        torch.set_num_threads(settings.scorer_threads)
     return LMScorer(settings.model_dir, backend=settings.backend, fallback=fallback,
                     threads=settings.scorer_threads or None, group_lengths=settings.group_lengths)

@@ -76,6 +76,11 @@ def test_malformed_events_go_to_dead_letter_and_worker_keeps_running(stack):
     dead = stack.consume(stack.topic("interactions-dlq"), lambda rs: len(rs) >= len(bad))
     assert len(dead) == len(bad)
     originals = {base64.b64decode(m["original_value_b64"]): m for _, m in dead}
+    # The oversized event is copied only up to the size limit (a dead letter must fit in a Kafka message).
+    [big] = [m for _, m in dead if m.get("truncated")]
+    assert big["original_size"] == len(bad["too_large"]) and big["error"] == "too_large"
+    assert bad["too_large"].startswith(base64.b64decode(big["original_value_b64"]))
+    originals[bad["too_large"]] = big
     for name, value in bad.items():
         msg = originals[value or b""]
         dlq_schema.validate(msg)
@@ -182,3 +187,29 @@ def test_topics_apply_creates_missing_and_reports_drift(bootstrap, tmp_path, mon
     out = capsys.readouterr().out
     assert "created" not in out and out.count("DRIFT") == 2
     assert f"ok       {s.topic('items')}" in out
+
+
+def test_unavailable_and_deleted_items_are_never_recommended_even_after_restart(stack):
+    from streamrec.catalog import item_record
+    from streamrec.messages import encode
+    items = stack.topic("items")
+    stack.produce(items, [(i.encode(), encode(item_record(i, f"title {i}"))) for i in "abcde"])
+    stack.produce(items, [(b"c", encode(item_record("c", "title c", available=False))), (b"d", None)])
+    worker = stack.worker()
+    # Everyone goes a -> b -> c -> d -> e: c and d would be the strongest neighbours of b.
+    stack.produce_events([event(f"w{u}", it, T0 + 10 * u + n) for u in range(6) for n, it in enumerate("abcde")])
+    stack.produce_events([event("gina", "b", T0 + 500)])
+    recs = stack.consume(stack.topic("recommendations"),
+                         lambda rs: any(m["user_id"] == "gina" for _, m in rs), timeout=90)
+    gina = [m for _, m in recs if m["user_id"] == "gina"][-1]
+    got = [it["item_id"] for it in gina["items"]]
+    assert got and not {"c", "d", "b"} & set(got), got
+
+    assert worker.stop() == 0
+    stack.worker()                     # a restarted worker must still know c and d are out
+    stack.produce_events([event("hank", "b", T0 + 600)])
+    recs = stack.consume(stack.topic("recommendations"),
+                         lambda rs: any(m["user_id"] == "hank" for _, m in rs), timeout=90)
+    hank = [m for _, m in recs if m["user_id"] == "hank"][-1]
+    got = [it["item_id"] for it in hank["items"]]
+    assert got and not {"c", "d", "b"} & set(got), got
