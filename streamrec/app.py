@@ -256,8 +256,11 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
                 log.exception("failed to apply event")
                 await dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:500])
                 continue
+            # Duplicates are written too: after a hard crash the local RocksDB can hold writes whose changelog
+            # records never left the producer; rewriting the state when their events come back puts it in the
+            # changelog again, so a worker that later rebuilds from the changelog alone still has them.
+            dirty[user] = (event, after)
             if is_new:
-                dirty[user] = (event, after)
                 scorer.observe(history_items(before), interaction.item_id)   # reaches its fallback too
                 applied_n.inc()
             else:

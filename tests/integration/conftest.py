@@ -117,6 +117,14 @@ class Worker:
         finally:
             self.log.close()
 
+    def kill(self) -> int:
+        """Hard crash (SIGKILL): no commit, no flush, no table close."""
+        self.proc.kill()
+        try:
+            return self.proc.wait(30)
+        finally:
+            self.log.close()
+
     def tail(self, n: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -215,6 +223,19 @@ class Stack:
 
         records = self.consume(topic, lambda rs: (s := latest(rs)) is not None and until(s), timeout, raw=True)
         return latest(records)
+
+    def changelog_states(self, until: Callable[[dict], bool], timeout: float = 60.0) -> dict[str, dict]:
+        """Every user's latest state in the user_state changelog, once ``until(states)`` holds."""
+        topic = f"{self.settings.app_id}-user_state-changelog"
+
+        def latest(records) -> dict[str, dict]:
+            out = {}
+            for r in records:
+                if r.value is not None:
+                    out[r.key.decode()] = json.loads(r.value)
+            return out
+
+        return latest(self.consume(topic, lambda rs: until(latest(rs)), timeout, raw=True))
 
     def close(self) -> None:
         for w in self.workers:
