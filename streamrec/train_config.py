@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainConfig:
+    """Defaults = the recipe of docs/evaluation.md (SASRec-style dropout 0.5 everywhere, batch 128, Adam 1e-3):
+    what reached NDCG@10 0.054-0.057 on Amazon Beauty. Sparse data sets want this much regularisation."""
     # --- model ---------------------------------------------------------------------------------------------------
     hidden_size: int = 64
     num_layers: int = 2
@@ -22,8 +24,8 @@ class TrainConfig:
     intermediate_size: int = 0          # MLP width; 0 = 4 * hidden_size
     max_len: int = 50                   # longest history the model reads (and trains on)
     embedding_dropout: float = 0.5      # dropout on the item embeddings of the input sequence
-    attention_dropout: float = 0.2      # dropout on the attention probabilities
-    hidden_dropout: float = 0.0         # dropout on each attention / MLP output before the residual add (SASRec
+    attention_dropout: float = 0.5      # dropout on the attention probabilities
+    hidden_dropout: float = 0.5         # dropout on each attention / MLP output before the residual add (SASRec
                                         #   style; training-time forward hooks, the saved model is unchanged)
     id_dropout: float = 0.0             # share of items whose id embedding is dropped per step (text-only items:
                                         #   teaches a text-aware model to rank cold-start items); needs use_text
@@ -33,7 +35,7 @@ class TrainConfig:
     # --- optimisation --------------------------------------------------------------------------------------------
     lr: float = 1e-3
     weight_decay: float = 0.0           # AdamW, on weight matrices and embeddings (not on norms)
-    batch_size: int = 256               # sequences per step
+    batch_size: int = 128               # sequences per step
     grad_clip: float = 1.0              # max gradient norm (0 = off)
     lr_patience: int = 0                # multiply the lr by lr_factor after every N evaluations without improvement
     lr_factor: float = 0.5              #   (0 = constant lr)
