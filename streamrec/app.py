@@ -275,7 +275,7 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
         latest = {i.user_id: s for i, s, _ in applied}
         users = list(latest)
         requests = [ScoreRequest(u, tuple(history_items(latest[u])), settings.top_k,
-                                 frozenset(seen_items(latest[u]) | unavailable)) for u in users]
+                                 frozenset(seen_items(latest[u]) | unavailable), latest[u]["total"]) for u in users]
         answers = dict(zip(users, await score(requests)))
         for interaction, _, redelivered in applied:
             msg = messages.recommendation(interaction.user_id, answers[interaction.user_id],
@@ -361,7 +361,7 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
         if state is None:
             return web.json({"error": f"unknown user {user_id!r}"}, status=404)
         [answer] = await score([ScoreRequest(user_id, tuple(history_items(state)), settings.top_k,
-                                             frozenset(seen_items(state) | unavailable))])
+                                             frozenset(seen_items(state) | unavailable), state["total"])])
         return web.json(messages.recommendation(user_id, answer, trigger_event_id="", event_timestamp=state["last_seen"]))
 
     return app

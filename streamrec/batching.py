@@ -30,6 +30,13 @@ class _Pending:
     enqueued: float
     waiters: list[asyncio.Future] = field(default_factory=list)
 
+    def coalesce(self, request: ScoreRequest, waiter: asyncio.Future) -> None:
+        # The newer state, not the later caller: a lookup that read the state before the agent's last write may
+        # reach the queue after the agent's request.
+        if request.state_version >= self.request.state_version:
+            self.request = request
+        self.waiters.append(waiter)
+
 
 class MicroBatcher:
     def __init__(self, scorer: Scorer, *, fallback: Scorer | None = None, max_batch_size: int = 64,
@@ -67,16 +74,14 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         entry = self._pending.get(request.user_id)
-        if entry is not None:       # coalesce: keep the newest state, answer everyone
-            entry.request = request
-            entry.waiters.append(fut)
+        if entry is not None:       # coalesce: score the newest state once, answer everyone
+            entry.coalesce(request, fut)
         else:
             async with self._space:
                 await self._space.wait_for(lambda: len(self._pending) < self.max_queue)
             entry = self._pending.get(request.user_id)   # may have appeared while we waited
             if entry is not None:
-                entry.request = request
-                entry.waiters.append(fut)
+                entry.coalesce(request, fut)
             else:
                 self._pending[request.user_id] = _Pending(request, time.perf_counter(), [fut])
         metrics.QUEUE_DEPTH.set(len(self._pending))

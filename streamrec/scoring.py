@@ -22,6 +22,7 @@ class ScoreRequest:
     history: tuple[str, ...]                 # item ids, oldest first
     k: int = 10
     exclude: frozenset[str] = field(default_factory=frozenset)   # never recommend these (already consumed)
+    state_version: int = 0                   # events applied to the user's state so far: newer state wins
 
 
 @dataclass

@@ -295,6 +295,31 @@ def test_slow_scorer_times_out_to_fallback():
     assert 0.09 <= elapsed < 5
 
 
+def test_coalescing_keeps_the_newer_state_not_the_later_caller():
+    gate = threading.Event()
+    scorer = FakeScorer(gate=gate)
+
+    async def go():
+        b = MicroBatcher(scorer, max_batch_size=1, max_wait_ms=1, timeout_s=5)
+        try:
+            busy = asyncio.ensure_future(b.submit(req("blocker")))   # holds the model while the others queue
+            while not scorer.started.is_set():
+                await asyncio.sleep(0.005)
+            newer = asyncio.ensure_future(b.submit(ScoreRequest("u1", ("a", "b"), 10, state_version=2)))
+            await asyncio.sleep(0.01)
+            stale = asyncio.ensure_future(b.submit(ScoreRequest("u1", ("a",), 10, state_version=1)))
+            await asyncio.sleep(0.01)
+            gate.set()
+            return await asyncio.gather(busy, newer, stale)
+        finally:
+            gate.set()
+            await b.close()
+
+    _, newer, stale = run(go)
+    assert answer(newer) == answer(stale) == "u1:a/b"                      # the stale lookup came last, lost
+    assert [r.history for r in scorer.calls[1]] == [("a", "b")]
+
+
 def test_after_a_timeout_the_busy_model_is_bypassed_until_it_returns():
     gate = threading.Event()
     scorer = FakeScorer(gate=gate)
