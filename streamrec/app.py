@@ -76,6 +76,16 @@ def broker_credentials(settings: Settings) -> Any:
     return None
 
 
+def _json(x: Any) -> Any:
+    """A changelog key or value: already decoded by Faust, or its JSON bytes/text."""
+    if isinstance(x, (bytes, str)):
+        try:
+            return orjson.loads(x)
+        except ValueError:
+            return x.decode() if isinstance(x, bytes) else x
+    return x
+
+
 def has_model(model_dir: str) -> bool:
     """A `streamrec train` output directory or its model/ subdirectory (HF config.json next to vocab.json)."""
     from pathlib import Path
@@ -165,13 +175,12 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     async def on_catalog_change(event: faust.EventT) -> None:
         # Called for every catalog changelog record a worker reads: during recovery on every worker, and live on
         # the workers that do not own the items partition (they hold the GlobalTable as a standby copy).
-        key, value = event.key, event.value
         try:
-            item_id = key.decode() if isinstance(key, bytes) else str(orjson.loads(key) if key[:1] == '"' else key)
-            record = orjson.loads(value) if isinstance(value, (bytes, str)) else value
+            item_id, record = str(_json(event.key)), _json(event.value)
             apply_item(item_id, record)
+            log.debug("catalog change seen: %s", item_id)
         except Exception:   # a catalog view must never stop recovery
-            log.exception("unreadable catalog changelog record %r", key)
+            log.exception("unreadable catalog changelog record %r", event.key)
 
     catalog = app.GlobalTable("catalog", default=None, partitions=spec_for(settings, ITEMS).partitions,
                               on_changelog_event=on_catalog_change, help="item records from the items topic")

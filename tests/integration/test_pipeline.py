@@ -245,3 +245,29 @@ def test_hard_crash_mid_stream_loses_nothing_and_applies_nothing_twice(stack):
     for u in users:
         assert states[u]["total"] == n_each and states[u]["counts"] == {"view": n_each}, (u, states[u]["total"])
         assert [h[0] for h in states[u]["history"]] == [f"i{n}" for n in range(n_each)][-50:]
+
+
+def test_catalog_changes_reach_the_worker_that_does_not_own_the_items_partition(stack):
+    from streamrec.catalog import item_record
+    from streamrec.messages import encode
+    items = stack.topic("items")
+    stack.produce(items, [(i.encode(), encode(item_record(i, f"title {i}"))) for i in "abcde"])
+    # `items` has one partition: only one of the two workers consumes it. (Two workers on one host need two
+    # RocksDB data dirs.)
+    first, second = stack.worker(), stack.worker(STREAMREC_DATA_DIR=str(stack.tmp / "state-2"))
+    # Many users go a -> b -> c -> d -> e, spread over all partitions, so both workers learn that c follows b.
+    stack.produce_events([event(f"w{u}", it, T0 + 10 * u + n) for u in range(30) for n, it in enumerate("abcde")])
+    stack.consume(stack.topic("recommendations"), lambda rs: len(rs) >= 150, timeout=90)
+    stack.produce(items, [(b"c", encode(item_record("c", "title c", available=False)))])
+    time.sleep(3)   # the owner applies it; the other worker reads it from the catalog changelog
+    probes = [event(f"p{u}", "b", T0 + 1000 + u) for u in range(24)]
+    stack.produce_events(probes)
+    want = {e.user_id for e in probes}
+    recs = stack.consume(stack.topic("recommendations"),
+                         lambda rs: want <= {m["user_id"] for _, m in rs}, timeout=90)
+    for _, m in recs:
+        if m["user_id"] in want:
+            got = [it["item_id"] for it in m["items"]]
+            assert got and "c" not in got and "b" not in got, (m["user_id"], got)
+    first.assert_alive()
+    second.assert_alive()
