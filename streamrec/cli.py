@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from . import lm_cli
-from .config import Settings, add_arguments, from_args
+from .config import add_arguments, from_args
 
 KAFKA = ["kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
          "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "topic_prefix",

@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import random
 import shutil
 import time
@@ -33,7 +32,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .evaluate import (Split, build_vocab, evaluate, leave_one_out, lm_score_fn, train_sequences)
+from .evaluate import build_vocab, evaluate, leave_one_out, lm_score_fn, train_sequences
 from .model import PAD, ItemLM, ItemVocab
 from .train_config import TrainConfig
 

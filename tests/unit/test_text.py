@@ -9,7 +9,7 @@ import torch
 
 from streamrec import text
 from streamrec.datasets import synthetic, synthetic_titles
-from streamrec.evaluate import build_vocab, lm_score_fn, ranks_from_scores
+from streamrec.evaluate import lm_score_fn, ranks_from_scores
 from streamrec.train import TrainConfig, load_model_dir, train
 
 torch.set_num_threads(2)
