@@ -166,3 +166,15 @@ def test_item_record_and_item_text():
     assert text.startswith("Boots. outdoor, shoes. warm")
     assert len(text) <= len("Boots. outdoor, shoes. ") + 500
     assert catalog.item_text(None) == "" and catalog.item_text({"title": "T"}) == "T"
+
+
+def test_oversized_original_is_cut_to_the_limit_and_says_so():
+    big = b"x" * 5000
+    msg = messages.dead_letter(reason="too big", error="too_large", source_topic="interactions", partition=2,
+                               offset=7, key=b"u1", value=big, max_value_bytes=1024)
+    validator("dead_letter.schema.json").validate(msg)
+    assert base64.b64decode(msg["original_value_b64"]) == big[:1024]
+    assert msg["truncated"] is True and msg["original_size"] == 5000
+    small = messages.dead_letter(reason="bad", error="schema", source_topic="interactions", partition=2,
+                                 offset=8, key=b"u1", value=b"{}", max_value_bytes=1024)
+    assert base64.b64decode(small["original_value_b64"]) == b"{}" and "truncated" not in small
