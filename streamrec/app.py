@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import weakref
+from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
 import faust
@@ -88,7 +89,6 @@ def _json(x: Any) -> Any:
 
 def has_model(model_dir: str) -> bool:
     """A `streamrec train` output directory or its model/ subdirectory (HF config.json next to vocab.json)."""
-    from pathlib import Path
     return any((Path(model_dir) / sub / "config.json").is_file() for sub in ("", "model"))
 
 
@@ -109,12 +109,12 @@ def build_scorer(settings: Settings):
     if choice == "cooc" and not settings.reranker_dir:
         return CooccurrenceScorer()
     from .batching import MicroBatcher   # heavy imports (torch, onnxruntime) only when a model is asked for
-    fallback = CooccurrenceScorer()
-    first = fallback
     if choice == "lm":
         from .serving import build_lm_scorer
         first = build_lm_scorer(settings)
         fallback = first.fallback
+    else:
+        first = fallback = CooccurrenceScorer()
     model = first
     if settings.reranker_dir:   # over cooc: the first stage is the fallback itself (observed once, via the model)
         from .rerank import LLMReranker
