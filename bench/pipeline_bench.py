@@ -38,9 +38,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streamrec import topics                      # noqa: E402
+from streamrec.stream import topics                      # noqa: E402
 from streamrec.config import Settings            # noqa: E402
-from streamrec.datasets import synthetic         # noqa: E402
+from streamrec.model.datasets import synthetic         # noqa: E402
 from streamrec.events import Interaction         # noqa: E402
 
 

@@ -38,11 +38,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamrec.export import export                                      # noqa: E402
-from streamrec.model import ItemLM, ItemLMConfig, ItemVocab               # noqa: E402
+from streamrec.model.export import export                                      # noqa: E402
+from streamrec.model.itemlm import ItemLM, ItemLMConfig, ItemVocab               # noqa: E402
 from streamrec.scoring import ScoreRequest                               # noqa: E402
-from streamrec.train import next_item_loss                             # noqa: E402
-from streamrec.serving import LMScorer, length_buckets                   # noqa: E402
+from streamrec.model.train import next_item_loss                             # noqa: E402
+from streamrec.serve.lm import LMScorer, length_buckets                   # noqa: E402
 
 # Dense peak TFLOP/s (bf16, fp8, int8 TOPS) without sparsity, from NVIDIA's data sheets.
 PEAKS = {"H100 SXM": (989.4, 1978.9, 1978.9), "H100 NVL": (835.0, 1670.0, 1670.0), "H100 PCIe": (756.0, 1513.0, 1513.0),
@@ -240,7 +240,7 @@ def speed(args, info) -> dict:
 # --- quality -------------------------------------------------------------------------------------------------------
 
 def train_synthetic(directory: Path, args) -> tuple[list[list[str]], list[str]]:
-    from streamrec.datasets import synthetic
+    from streamrec.model.datasets import synthetic
     seqs = synthetic(n_users=args.q_users, n_items=args.q_items, length=20, n_clusters=10, seed=0)
     vocab = ItemVocab(sorted({i for s in seqs.values() for i in s}, key=int))
     torch.manual_seed(0)
@@ -267,7 +267,7 @@ def train_synthetic(directory: Path, args) -> tuple[list[list[str]], list[str]]:
 def quality(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="scorer-quality-"))
     if args.model_dir:
-        from streamrec.datasets import read_sequences
+        from streamrec.model.datasets import read_sequences
         model_dir = Path(args.model_dir)
         seqs = read_sequences(args.eval_sequences)
         histories, targets = [s[:-1] for s in seqs.values()], [s[-1] for s in seqs.values()]

@@ -14,10 +14,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/bootstrap.sh
-VENV="${STREAMREC_VENV:-$HOME/.cache/streamrec/venv}"
-# The venv is shared by every clone on the machine and its editable install points at whichever clone ran
-# bootstrap last: put this checkout first on the path so its code is the code that runs.
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+VENV="${STREAMREC_VENV:-$ROOT/.venv}"   # this checkout's own environment (scripts/bootstrap.sh)
 export PATH="$VENV/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 RUN="$ROOT/var/demo"
@@ -111,8 +108,8 @@ PY
 echo "[demo] what the worker recommends now, looked up over HTTP (GET /recommendations/{user_id}):"
 python - <<PY
 import json, urllib.request
-from streamrec.datasets import read_events, read_titles
-from streamrec.tail import format_recommendation
+from streamrec.model.datasets import read_events, read_titles
+from streamrec.tools.tail import format_recommendation
 titles = read_titles("$TITLES") if "$TITLES" else {}
 users = []
 for e in read_events("$DATA")[:$EVENTS]:   # two of the most active users of the replayed slice

@@ -14,10 +14,7 @@ cd "$ROOT"
 START=$(date +%s)
 
 bash scripts/bootstrap.sh
-VENV="${STREAMREC_VENV:-$HOME/.cache/streamrec/venv}"
-# The venv is shared by every clone on the machine and its editable install points at whichever clone ran
-# bootstrap last: put this checkout first on the path so its code is the code that runs.
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+VENV="${STREAMREC_VENV:-$ROOT/.venv}"   # this checkout's own environment (scripts/bootstrap.sh)
 export PATH="$VENV/bin:$PATH"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
@@ -36,7 +33,7 @@ fi
 echo "[test] broker: $STREAMREC_KAFKA_BOOTSTRAP"
 
 set +e
-python -m pytest -p no:cacheprovider -ra "$@"
+"$VENV/bin/python" -m pytest -p no:cacheprovider -ra "$@"
 rc=$?
 set -e
 echo "[test] pytest exit code $rc, total $(( $(date +%s) - START )) s"

@@ -8,9 +8,9 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__
-from . import lm_cli
-from .config import add_arguments, from_args
+from streamrec import __version__
+from streamrec.model import cli as model_cli
+from streamrec.config import add_arguments, from_args
 
 KAFKA = ["kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
          "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "topic_prefix",
@@ -20,7 +20,7 @@ KAFKA = ["kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "
 def cmd_worker(args) -> int:
     settings = from_args(args)
     from faust.worker import Worker
-    from .app import create_app
+    from streamrec.stream.app import create_app
     app = create_app(settings)
     logging.getLogger(__name__).info("settings: %s", json.dumps(settings.as_dict()))
     Worker(app, loglevel=settings.log_level).execute_from_commandline()
@@ -28,7 +28,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_topics(args) -> int:
-    from . import topics
+    from streamrec.stream import topics
     settings = from_args(args)
     if args.action == "list":
         for s in topics.load_specs(settings):
@@ -45,8 +45,8 @@ def cmd_topics(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .datasets import read_events
-    from .replay import replay
+    from streamrec.model.datasets import read_events
+    from streamrec.tools.replay import replay
     settings = from_args(args)
     events = read_events(args.file, args.format)
     if args.limit:
@@ -57,8 +57,8 @@ def cmd_replay(args) -> int:
 
 
 def cmd_catalog(args) -> int:
-    from .datasets import read_titles
-    from .replay import load_catalog
+    from streamrec.model.datasets import read_titles
+    from streamrec.tools.replay import load_catalog
     settings = from_args(args)
     n = load_catalog(settings, read_titles(args.file), progress=not args.quiet)
     print(f"loaded {n} items from {args.file} to {settings.topic('items')}")
@@ -66,8 +66,8 @@ def cmd_catalog(args) -> int:
 
 
 def cmd_tail(args) -> int:
-    from .datasets import read_titles
-    from .tail import follow, printer
+    from streamrec.model.datasets import read_titles
+    from streamrec.tools.tail import follow, printer
     settings = from_args(args)
     topic = settings.topic("interactions-dlq" if args.dead_letters else "recommendations")
     show = printer("dlq" if args.dead_letters else "rec", read_titles(args.titles) if args.titles else None)
@@ -78,7 +78,7 @@ def cmd_tail(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .datasets import synthetic, synthetic_titles, write_sequences
+    from streamrec.model.datasets import synthetic, synthetic_titles, write_sequences
     seqs = synthetic(args.users, args.items, args.length, seed=args.seed)
     out = write_sequences(seqs, args.out)
     if args.titles:
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--titles", help="also write item titles (TSV) here")
     g.set_defaults(func=cmd_generate)
 
-    lm_cli.register(sub)    # train, eval, coldstart, export: the model side, in its own module
+    model_cli.register(sub)    # train, eval, coldstart, export: the model side, in its own module
     return p
 
 

@@ -162,7 +162,7 @@ class Stack:
         return Settings.from_env(self.env)
 
     def apply_topics(self) -> None:
-        from streamrec import topics
+        from streamrec.stream import topics
         report = topics.apply(self.settings, create=True)
         assert not report.drift, report.drift
 

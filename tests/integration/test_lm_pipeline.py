@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from streamrec import topics
-from streamrec.datasets import synthetic
+from streamrec.stream import topics
+from streamrec.model.datasets import synthetic
 
 from .conftest import event
 
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from streamrec.train import TrainConfig, train
+    from streamrec.model.train import TrainConfig, train
     seqs = synthetic(n_users=150, n_items=40, length=12, seed=3)
     out = tmp_path_factory.mktemp("tiny-lm")
     cfg = TrainConfig(hidden_size=16, num_layers=1, num_heads=1, max_len=12, epochs=3, patience=3, batch_size=64,

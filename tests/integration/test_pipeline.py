@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from streamrec import topics
+from streamrec.stream import topics
 
 from .conftest import event
 
@@ -192,8 +192,8 @@ def test_topics_apply_creates_missing_and_reports_drift(bootstrap, tmp_path, mon
 
 
 def test_unavailable_and_deleted_items_are_never_recommended_even_after_restart(stack):
-    from streamrec.catalog import item_record
-    from streamrec.messages import encode
+    from streamrec.stream.catalog import item_record
+    from streamrec.stream.messages import encode
     items = stack.topic("items")
     stack.produce(items, [(i.encode(), encode(item_record(i, f"title {i}"))) for i in "abcde"])
     stack.produce(items, [(b"c", encode(item_record("c", "title c", available=False))), (b"d", None)])
@@ -248,8 +248,8 @@ def test_hard_crash_mid_stream_loses_nothing_and_applies_nothing_twice(stack):
 
 
 def test_catalog_changes_reach_the_worker_that_does_not_own_the_items_partition(stack):
-    from streamrec.catalog import item_record
-    from streamrec.messages import encode
+    from streamrec.stream.catalog import item_record
+    from streamrec.stream.messages import encode
     items = stack.topic("items")
     stack.produce(items, [(i.encode(), encode(item_record(i, f"title {i}"))) for i in "abcde"])
     # `items` has one partition: only one of the two workers consumes it. (Two workers on one host need two

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from streamrec.batching import MicroBatcher
+from streamrec.serve.batching import MicroBatcher
 from streamrec.scoring import CooccurrenceScorer, Scored, ScoreRequest
 
 pytestmark = pytest.mark.timeout(30)

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from streamrec.app import build_scorer, has_model
-from streamrec.batching import MicroBatcher
+from streamrec.serve.build import build_scorer, has_model
+from streamrec.serve.batching import MicroBatcher
 from streamrec.config import Settings
 from streamrec.scoring import CooccurrenceScorer, ScoreRequest
 

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from streamrec import replay as replay_mod
+from streamrec.tools import replay as replay_mod
 from streamrec.config import Settings
-from streamrec.datasets import SEQUENCE_BASE_TS, detect_format, read_events, read_sequences, read_titles, sequences, \
+from streamrec.model.datasets import SEQUENCE_BASE_TS, detect_format, read_events, read_sequences, read_titles, sequences, \
     synthetic, synthetic_titles, write_sequences
 from streamrec.events import Interaction, parse_event
-from streamrec.topics import validator
+from streamrec.stream.topics import validator
 
 
 def write(path, text, encoding="utf-8"):

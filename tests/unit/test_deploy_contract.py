@@ -2,7 +2,7 @@
 docs/deployment.md must only use settings, pages, subcommands, topics and stages that really exist.
 
 No Docker, no cluster, no broker: the files are parsed with PyYAML, and compared with ``streamrec.config.Settings``,
-the ``@app.page`` routes of ``streamrec/app.py``, ``streamrec.cli.build_parser()``, ``topics/topics.json`` and
+the ``@app.page`` routes of ``streamrec/stream/app.py``, ``streamrec.cli.build_parser()``, ``topics/topics.json`` and
 ``deploy/kafka``.
 """
 
@@ -120,7 +120,7 @@ def parse(parser, argv: list[str], where: str):
 
 
 def app_pages() -> set[str]:
-    pages = set(re.findall(r"""@app\.page\(\s*["']([^"']+)["']""", (ROOT / "streamrec" / "app.py").read_text()))
+    pages = set(re.findall(r"""@app\.page\(\s*["']([^"']+)["']""", (ROOT / "streamrec" / "stream" / "app.py").read_text()))
     assert {"/health", "/ready", "/metrics"} <= pages, f"app.py pages changed: {pages}"
     return pages
 
@@ -132,11 +132,11 @@ def help_choices(field_name: str) -> set[str]:
 
 
 def backends() -> set[str]:
-    tree = ast.parse((ROOT / "streamrec" / "serving.py").read_text())
+    tree = ast.parse((ROOT / "streamrec" / "serve" / "lm.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "BACKENDS" for t in node.targets):
             return set(ast.literal_eval(node.value))
-    raise AssertionError("streamrec/serving.py no longer defines BACKENDS")
+    raise AssertionError("streamrec/serve/lm.py no longer defines BACKENDS")
 
 
 def check_setting_values(env: dict[str, str], where: str) -> None:

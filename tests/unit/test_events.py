@@ -9,7 +9,7 @@ import pytest
 
 from streamrec.events import EVENT_TYPES, MAX_ID_LEN, MAX_PROPERTIES, Interaction, InvalidEvent, parse_event, \
     validate_event
-from streamrec.topics import validator
+from streamrec.stream.topics import validator
 
 BASE = {"schema_version": 1, "event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": "view",
         "timestamp": 1_700_000_000}

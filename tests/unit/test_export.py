@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from streamrec.datasets import synthetic
-from streamrec.export import FILES, export, is_current, model_fingerprint, scoring_matmul, top_k_overlap
-from streamrec.model import ItemLM, ItemLMConfig, ItemVocab, left_pad
-from streamrec.train import next_item_loss
+from streamrec.model.datasets import synthetic
+from streamrec.model.export import FILES, export, is_current, model_fingerprint, scoring_matmul, top_k_overlap
+from streamrec.model.itemlm import ItemLM, ItemLMConfig, ItemVocab, left_pad
+from streamrec.model.train import next_item_loss
 
 MAX_LEN = 16
 

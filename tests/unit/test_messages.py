@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from streamrec import catalog, messages
+from streamrec.stream import catalog, messages
 from streamrec.events import InvalidEvent, parse_event
 from streamrec.scoring import Scored
-from streamrec.topics import validator
+from streamrec.stream.topics import validator
 
 REC = validator("recommendation.schema.json")
 DLQ = validator("dead_letter.schema.json")

@@ -7,9 +7,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from streamrec import rerank
-from streamrec.datasets import synthetic_titles
-from streamrec.rerank import LETTERS, LLMReranker
+from streamrec.serve import rerank
+from streamrec.model.datasets import synthetic_titles
+from streamrec.serve.rerank import LETTERS, LLMReranker
 from streamrec.scoring import ScoreRequest, Scored
 
 TITLES = synthetic_titles(40, 4)          # "hiking boots trail outdoor model 3", ...

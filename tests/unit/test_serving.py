@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from streamrec import serving
+from streamrec.serve import lm as serving
 from streamrec.config import Settings
-from streamrec.export import export
-from streamrec.model import ItemLM, ItemLMConfig, ItemVocab
+from streamrec.model.export import export
+from streamrec.model.itemlm import ItemLM, ItemLMConfig, ItemVocab
 from streamrec.scoring import CooccurrenceScorer, ScoreRequest
-from streamrec import backends
-from streamrec.backends import OrtBackend, QuantLinear, TorchBackend
-from streamrec.serving import LMScorer, build_lm_scorer, length_buckets, resolve_backend
+from streamrec.serve import backends
+from streamrec.serve.backends import OrtBackend, QuantLinear, TorchBackend
+from streamrec.serve.lm import LMScorer, build_lm_scorer, length_buckets, resolve_backend
 
 N_ITEMS = 120
 TEXT_DIM = 8
@@ -371,8 +371,8 @@ def test_group_lengths_makes_one_call_per_padded_width_with_the_same_answers(mod
 
 
 def test_the_default_encoder_call_is_quiet_and_uncached(monkeypatch):
-    import streamrec.text
+    import streamrec.model.text
     calls = []
-    monkeypatch.setattr(streamrec.text, "embed_texts", lambda texts, **kw: calls.append((texts, kw)) or "emb")
+    monkeypatch.setattr(streamrec.model.text, "embed_texts", lambda texts, **kw: calls.append((texts, kw)) or "emb")
     assert serving._embed_texts(["Lip balm"], "/models/enc") == "emb"
     assert calls == [(["Lip balm"], {"model": "/models/enc", "progress": False, "use_cache": False})]

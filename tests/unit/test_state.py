@@ -8,7 +8,7 @@ import json
 import pytest
 
 from streamrec.events import Interaction
-from streamrec.state import apply_event, history_items, is_duplicate, new_state, seen_items
+from streamrec.stream.state import apply_event, history_items, is_duplicate, new_state, seen_items
 
 
 def ev(n: int, item: str | None = None, ts: float | None = None, etype: str = "view", eid: str | None = None):

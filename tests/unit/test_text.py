@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from streamrec import text
-from streamrec.datasets import synthetic, synthetic_titles
-from streamrec.evaluate import lm_score_fn, ranks_from_scores
-from streamrec.train import TrainConfig, load_model_dir, train
+from streamrec.model import text
+from streamrec.model.datasets import synthetic, synthetic_titles
+from streamrec.model.evaluate import lm_score_fn, ranks_from_scores
+from streamrec.model.train import TrainConfig, load_model_dir, train
 
 torch.set_num_threads(2)
 

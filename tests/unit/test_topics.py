@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from streamrec import topics
+from streamrec.stream import topics
 from streamrec.config import Settings
-from streamrec.topics import DEAD_LETTER, INTERACTIONS, ITEMS, RECOMMENDATIONS, apply, load_specs, spec_for
+from streamrec.stream.topics import DEAD_LETTER, INTERACTIONS, ITEMS, RECOMMENDATIONS, apply, load_specs, spec_for
 
 LOGICAL = (INTERACTIONS, ITEMS, RECOMMENDATIONS, DEAD_LETTER)
 

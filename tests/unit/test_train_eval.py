@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from streamrec.datasets import synthetic, write_sequences
-from streamrec.evaluate import (build_vocab, cooc_score_fn, evaluate, hit_rate, leave_one_out, lm_score_fn,
+from streamrec.model.datasets import synthetic, write_sequences
+from streamrec.model.evaluate import (build_vocab, cooc_score_fn, evaluate, hit_rate, leave_one_out, lm_score_fn,
                                 metrics_from_ranks, mrr, ndcg, popularity_score_fn, ranks_from_scores,
                                 train_sequences)
-from streamrec.model import ItemVocab
-from streamrec.train import (TrainConfig, full_softmax_ce, length_batches, load_model_dir, pad_windows, train,
+from streamrec.model.itemlm import ItemVocab
+from streamrec.model.train import (TrainConfig, full_softmax_ce, length_batches, load_model_dir, pad_windows, train,
                              training_windows)
 
 torch.set_num_threads(2)
@@ -223,8 +223,8 @@ def test_cli_train_and_eval(tmp_path, data, capsys):
 
 
 def test_hidden_dropout_only_in_training_and_id_dropout_needs_text(data, tmp_path):
-    from streamrec.train import add_hidden_dropout
-    from streamrec.model import ItemLM
+    from streamrec.model.train import add_hidden_dropout
+    from streamrec.model.itemlm import ItemLM
     cfg = TrainConfig(hidden_size=16, num_layers=2, embedding_dropout=0.0, attention_dropout=0.0)
     model = ItemLM(cfg.model_config(30))
     ids = torch.randint(1, 31, (3, 6))

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Callable, Iterator
 
-from .config import Settings
+from streamrec.config import Settings
 
 
 def consumer(settings: Settings, topic: str, *, from_beginning: bool, group: str | None = None, **kw):

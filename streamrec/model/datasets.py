@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .events import EVENT_TYPES, Interaction
+from streamrec.events import EVENT_TYPES, Interaction
 
 SEQUENCE_BASE_TS = 1_600_000_000.0   # sequence files carry no time: position i becomes base + i minutes
 

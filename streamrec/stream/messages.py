@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from .scoring import Scored
+from streamrec.scoring import Scored
 
 SCHEMA_VERSION = 1
 

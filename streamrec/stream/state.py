@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .events import Interaction
+from streamrec.events import Interaction
 
 UserState = dict[str, Any]
 

@@ -48,7 +48,7 @@ _HELP = {
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    from .train_config import TrainConfig
+    from streamrec.model.train_config import TrainConfig
 
     g = p.add_argument_group("hyper-parameters (defaults = TrainConfig)")
     for f in dataclasses.fields(TrainConfig):
@@ -64,7 +64,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args):
-    from .train_config import TrainConfig
+    from streamrec.model.train_config import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
               if getattr(args, f.name, None) is not None}
@@ -72,7 +72,7 @@ def _config_from_args(args):
 
 
 def _read(args):
-    from .datasets import read_sequences, read_titles
+    from streamrec.model.datasets import read_sequences, read_titles
 
     seqs = read_sequences(args.data, args.format)
     titles = read_titles(args.titles) if getattr(args, "titles", None) else None
@@ -82,7 +82,7 @@ def _read(args):
 def cmd_train(args) -> int:
     import torch
 
-    from .train import train
+    from streamrec.model.train import train
 
     cfg = _config_from_args(args)
     torch.set_num_threads(cfg.num_threads)
@@ -101,20 +101,20 @@ def cmd_train(args) -> int:
 
 
 def _baseline_score_fn(kind: str, seqs, vocab, split_name: str):
-    from .evaluate import cooc_score_fn, popularity_score_fn, train_sequences
+    from streamrec.model.evaluate import cooc_score_fn, popularity_score_fn, train_sequences
 
     # baselines are fitted on exactly what the model trains on: items[:-2] of every user
     train_part = train_sequences(seqs)
     if kind == "popularity":
         return popularity_score_fn(train_part, vocab)
-    from .scoring import CooccurrenceScorer
+    from streamrec.scoring import CooccurrenceScorer
     return cooc_score_fn(CooccurrenceScorer().fit(train_part.values()), vocab)
 
 
 def cmd_eval(args) -> int:
     import torch
 
-    from .evaluate import build_vocab, evaluate, leave_one_out, lm_score_fn
+    from streamrec.model.evaluate import build_vocab, evaluate, leave_one_out, lm_score_fn
 
     torch.set_num_threads(args.num_threads)
     if bool(args.model) == bool(args.baseline):
@@ -122,7 +122,7 @@ def cmd_eval(args) -> int:
         return 2
     seqs, _ = _read(args)
     if args.model:
-        from .train import load_model_dir
+        from streamrec.model.train import load_model_dir
         model, vocab = load_model_dir(args.model, args.device if args.device != "auto" else
                                       ("cuda" if torch.cuda.is_available() else "cpu"))
         max_len = args.max_len or getattr(model.config, "max_len", None) or model.config.max_position_embeddings
@@ -147,9 +147,9 @@ def cmd_eval(args) -> int:
 def cmd_coldstart(args) -> int:
     import torch
 
-    from .datasets import read_sequences
-    from .evaluate import cold_start_report
-    from .train import load_model_dir
+    from streamrec.model.datasets import read_sequences
+    from streamrec.model.evaluate import cold_start_report
+    from streamrec.model.train import load_model_dir
 
     torch.set_num_threads(args.num_threads)
     seqs = read_sequences(args.data, args.format)
@@ -176,7 +176,7 @@ def cmd_coldstart(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import run
+    from streamrec.model.export import run
     return run(args)
 
 

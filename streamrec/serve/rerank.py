@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .scoring import ScoreRequest, Scored
+from streamrec.scoring import ScoreRequest, Scored
 
 log = logging.getLogger(__name__)
 

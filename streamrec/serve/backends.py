@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import TableLM
-from .model import PAD, ItemLM
+from streamrec.model.export import TableLM
+from streamrec.model.itemlm import PAD, ItemLM
 
 log = logging.getLogger(__name__)
 

@@ -49,10 +49,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .backends import OrtBackend, TorchBackend
-from .export import FILES, export, is_current, model_fingerprint, onnx_dir, resolve_model_dir
-from .model import PAD, ItemLM, ItemVocab
-from .scoring import CooccurrenceScorer, ScoreRequest, Scored
+from streamrec.serve.backends import OrtBackend, TorchBackend
+from streamrec.model.export import FILES, export, is_current, model_fingerprint, onnx_dir, resolve_model_dir
+from streamrec.model.itemlm import PAD, ItemLM, ItemVocab
+from streamrec.scoring import CooccurrenceScorer, ScoreRequest, Scored
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,12 @@ FLUSH_LIMIT = 256   # cold-start items embedded per scoring call: a catalog burs
 
 def _embed_texts(texts: list[str], model: str | None = None):
     """The trainer's sentence encoder (``text.embed_texts``; heavy: imported on the first cold-start item)."""
-    from .text import embed_texts
+    from streamrec.model.text import embed_texts
     return embed_texts(texts, model=model, progress=False, use_cache=False)
 
 
 def _clean_title(title: str) -> str:
-    from .text import clean_title   # what the trainer does to titles before embedding them
+    from streamrec.model.text import clean_title   # what the trainer does to titles before embedding them
     return clean_title(title)
 
 
@@ -179,7 +179,7 @@ class LMScorer:
         if is_current(self.model_dir, directory, [kind]):
             return directory / FILES[kind]
         if not export_if_missing:
-            raise FileNotFoundError(f"no current {FILES[kind]} under {directory}; run python -m streamrec.export")
+            raise FileNotFoundError(f"no current {FILES[kind]} under {directory}; run python -m streamrec.model.export")
         log.info("exporting %s to ONNX (missing or made from other weights)", self.model_dir)
         try:
             return export(self.model_dir, ("fp32", "int8"), directory, threads=self.threads)[kind]

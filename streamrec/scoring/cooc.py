@@ -1,8 +1,4 @@
-"""The ``Scorer`` interface and the co-occurrence scorer (the fallback behind the language-model scorer).
-
-A scorer answers a *batch* of requests in one call, so the language-model scorer can run one forward pass per
-micro-batch (``batching.py``); the co-occurrence scorer simply loops.
-"""
+"""The co-occurrence scorer: the default before a model exists, and the language-model scorer's fallback."""
 
 from __future__ import annotations
 
@@ -11,37 +7,10 @@ import json
 import math
 import threading
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Sequence
 
-
-@dataclass(frozen=True)
-class ScoreRequest:
-    user_id: str
-    history: tuple[str, ...]                 # item ids, oldest first
-    k: int = 10
-    exclude: frozenset[str] = field(default_factory=frozenset)   # never recommend these (already consumed)
-    state_version: int = 0                   # events applied to the user's state so far: newer state wins
-
-
-@dataclass
-class Scored:
-    items: list[tuple[str, float]]           # best first
-    scorer: str
-    version: str
-    fallback: bool = False
-    fallback_reason: str = ""
-
-
-class Scorer(Protocol):
-    name: str
-    version: str
-
-    def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]: ...
-
-    def observe(self, history: Sequence[str], item_id: str) -> None:
-        """Learn online from an applied event (history is the user's items before it). May do nothing."""
+from streamrec.scoring.base import ScoreRequest, Scored
 
 
 class CooccurrenceScorer:

@@ -7,11 +7,11 @@ from typing import Iterable
 
 from tqdm import tqdm
 
-from .catalog import item_record
-from .config import Settings
-from .events import Interaction
-from .messages import encode
-from .topics import INTERACTIONS, ITEMS
+from streamrec.stream.catalog import item_record
+from streamrec.config import Settings
+from streamrec.events import Interaction
+from streamrec.stream.messages import encode
+from streamrec.stream.topics import INTERACTIONS, ITEMS
 
 
 def producer(settings: Settings, **kw):

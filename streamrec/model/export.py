@@ -29,7 +29,7 @@ other. ``MatMulConstBOnly`` already skips it; we also list it in ``nodes_to_excl
 (vs +0.05% without) and tripled batch-1 latency (docs/benchmarks.md).
 The attention matmuls (activation x activation) stay fp32 for the same reason.
 
-    python -m streamrec.export MODEL_DIR [--quantize fp32,int8] [--out-dir DIR]
+    python -m streamrec.model.export MODEL_DIR [--quantize fp32,int8] [--out-dir DIR]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import PAD, ItemLM, left_pad
+from streamrec.model.itemlm import PAD, ItemLM, left_pad
 
 log = logging.getLogger(__name__)
 
@@ -352,15 +352,10 @@ def _versions() -> dict[str, str]:
 
 
 def run(args) -> int:
-    """``streamrec export`` (arguments defined in ``lm_cli``)."""
+    """``streamrec export`` (arguments defined in ``model/cli.py``)."""
     paths = export(args.model_dir, tuple(k for k in args.quantize.split(",") if k), args.out_dir,
                    exporter=args.exporter, quantize_scoring=args.quantize_scoring)
     print(json.dumps(json.loads(paths["report"].read_text())["checks"], indent=2))
     for kind, path in paths.items():
         print(f"{kind:<7} {path}")
     return 0
-
-
-if __name__ == "__main__":   # python -m streamrec.export DIR == streamrec export DIR
-    from .cli import main
-    raise SystemExit(main(["export", *__import__("sys").argv[1:]]))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
-    from .model import ItemLMConfig
+    from streamrec.model.itemlm import ItemLMConfig
 
 
 @dataclass
@@ -57,7 +57,7 @@ class TrainConfig:
     RUNTIME = ("device", "num_threads", "eval_batch_size")
 
     def model_config(self, n_items: int, text_dim: int = 0) -> "ItemLMConfig":
-        from .model import ItemLMConfig   # torch + transformers: only when a model is built
+        from streamrec.model.itemlm import ItemLMConfig   # torch + transformers: only when a model is built
         return ItemLMConfig(
             n_items=n_items, text_dim=text_dim, embedding_dropout=self.embedding_dropout,
             hidden_size=self.hidden_size, intermediate_size=self.intermediate_size or 4 * self.hidden_size,

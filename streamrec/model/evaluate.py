@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .model import PAD, ItemVocab, left_pad
+from streamrec.model.itemlm import PAD, ItemVocab, left_pad
 
 ScoreFn = Callable[[list[list[int]]], torch.Tensor]
 
@@ -275,7 +275,7 @@ def cooc_score_fn(scorer, vocab: ItemVocab) -> ScoreFn:
     neighbours of the recent history), so every neighbour gets the scorer's own score; every other item gets the
     score the scorer's own top-up gives it (its popularity term), and items it has never seen get 0.
     """
-    from .scoring import ScoreRequest
+    from streamrec.scoring import ScoreRequest
 
     norm = math.log1p(scorer._max_pop) or 1.0
     base = torch.zeros(len(vocab) + 1, dtype=torch.float32)

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from . import metrics
-from .scoring import ScoreRequest, Scored, Scorer
+from streamrec import metrics
+from streamrec.scoring import ScoreRequest, Scored, Scorer
 
 
 class ModelBusy(RuntimeError):

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .config import REPO_ROOT, Settings
+from streamrec.config import REPO_ROOT, Settings
 
 SCHEMA_DIR = REPO_ROOT / "topics" / "schemas"
 

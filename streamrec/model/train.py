@@ -32,9 +32,9 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .evaluate import build_vocab, evaluate, leave_one_out, lm_score_fn, train_sequences
-from .model import PAD, ItemLM, ItemVocab
-from .train_config import TrainConfig
+from streamrec.model.evaluate import build_vocab, evaluate, leave_one_out, lm_score_fn, train_sequences
+from streamrec.model.itemlm import PAD, ItemLM, ItemVocab
+from streamrec.model.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
     text_tokens: list[int] = []
     text_emb = None
     if cfg.use_text:
-        from .text import DIM, item_text_matrix
+        from streamrec.model.text import DIM, item_text_matrix
         if not titles:
             raise ValueError("use_text needs item titles (--titles)")
         text_tokens, text_emb = item_text_matrix(vocab, dict(titles), model=cfg.text_model or None,
@@ -446,7 +446,7 @@ def _add_cold_items(out: Path, cfg: TrainConfig, vocab: ItemVocab, cold: set[str
     for item in ordered:
         vocab.add(item)
     if model.config.text_dim and titles:
-        from .text import item_text_matrix
+        from streamrec.model.text import item_text_matrix
         sub = ItemVocab()
         sub.items = [""] + ordered
         toks, emb = item_text_matrix(sub, dict(titles), model=cfg.text_model or None, progress=progress)

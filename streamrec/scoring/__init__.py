@@ -1,0 +1,9 @@
+"""Scoring without a model: the Scorer contract (``base``) and the co-occurrence scorer (``cooc``).
+
+Pure Python, no torch: the worker, the model's evaluation and the serving layer all build on it.
+"""
+
+from streamrec.scoring.base import ScoreRequest, Scored, Scorer
+from streamrec.scoring.cooc import CooccurrenceScorer
+
+__all__ = ["CooccurrenceScorer", "ScoreRequest", "Scored", "Scorer"]
