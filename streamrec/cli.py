@@ -77,6 +77,22 @@ def cmd_tail(args) -> int:
     return 0
 
 
+def cmd_prequential(args) -> int:
+    from streamrec.model.datasets import read_events
+    from streamrec.tools.prequential import prequential
+    settings = from_args(args)
+    events = read_events(args.file, args.format)
+    if args.limit:
+        events = events[: args.limit]
+    report = prequential(settings, events, batch=args.batch, progress=not args.quiet)
+    text = json.dumps({"data": str(args.file), **report}, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
 def cmd_generate(args) -> int:
     from streamrec.model.datasets import synthetic, synthetic_titles, write_sequences
     seqs = synthetic(args.users, args.items, args.length, seed=args.seed)
@@ -126,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--json", action="store_true", help="print raw JSON messages")
     add_arguments(tl, KAFKA)
     tl.set_defaults(func=cmd_tail)
+
+    q = sub.add_parser("prequential", help="replay a data file through the worker's pipeline offline and report "
+                                           "the quality of what it served (each event judges the user's last list)")
+    q.add_argument("file", help="ratings.dat, u.data, ratings.csv, sequence .txt, CSV or JSONL (time order)")
+    q.add_argument("--format", default="auto",
+                   choices=["auto", "jsonl", "movielens-dat", "movielens-100k", "csv", "sequences"])
+    q.add_argument("--batch", type=int, default=64, help="events per pipeline batch (the worker's take batches)")
+    q.add_argument("--limit", type=int, default=0, help="only the first N events (after sorting by time)")
+    q.add_argument("--json", help="also write the report here")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(q, ["scorer", "model_dir", "top_k", "history_size", "dedupe_window", "max_event_bytes",
+                      "scorer_threads", "group_lengths", "backend", "reranker_dir", "rerank_candidates", "max_batch_size",
+                      "max_wait_ms", "max_queue", "scorer_timeout_s"])
+    q.set_defaults(func=cmd_prequential)
 
     g = sub.add_parser("generate", help="write a synthetic sequence data set (for demos and tests)")
     g.add_argument("out")

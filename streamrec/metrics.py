@@ -19,6 +19,19 @@ FALLBACKS = Counter("streamrec_score_fallbacks_total", "Requests answered by the
                     registry=REGISTRY)
 QUEUE_DEPTH = Gauge("streamrec_score_queue_depth", "Scoring requests waiting", registry=REGISTRY)
 CATALOG_ITEMS = Gauge("streamrec_catalog_items", "Items in the catalog table", registry=REGISTRY)
+# Prequential quality: each applied event judged against the list last served to its user (stream/prequential.py).
+# Quality over a window = rate(hits) / rate(events), likewise NDCG and reciprocal rank.
+PREQ_EVENTS = Counter("streamrec_prequential_events", "Applied events judged against the list last served to "
+                      "their user", registry=REGISTRY)
+PREQ_HITS = Counter("streamrec_prequential_hits", "Judged events whose item was in the served top k",
+                    registry=REGISTRY)
+PREQ_NDCG = Counter("streamrec_prequential_ndcg", "Sum of NDCG@k of judged events", registry=REGISTRY)
+PREQ_RR = Counter("streamrec_prequential_reciprocal_rank", "Sum of reciprocal ranks of judged events",
+                  registry=REGISTRY)
+PREQ_FALLBACK = Counter("streamrec_prequential_fallback_lists", "Judged events whose served list came from the "
+                        "fallback scorer", registry=REGISTRY)
+RECOMMENDED_ITEMS = Gauge("streamrec_recommended_items", "Distinct items this worker has recommended (catalogue "
+                          "coverage = this / streamrec_catalog_items)", registry=REGISTRY)
 
 
 def render() -> bytes:

@@ -24,6 +24,7 @@ from streamrec.events import InvalidEvent, parse_event
 from streamrec.scoring import CooccurrenceScorer, ScoreRequest, Scored
 from streamrec.stream import messages
 from streamrec.stream.catalog import validate_item
+from streamrec.stream.prequential import Prequential
 from streamrec.stream.state import apply_event, decode_state, encode_state, history_items, seen_items
 from streamrec.stream.topics import DEAD_LETTER, INTERACTIONS, RECOMMENDATIONS
 
@@ -69,6 +70,7 @@ class Pipeline:
         self.unavailable: set[str] = set()   # never recommended: available=false or deleted in the catalog
         self.topics = {name: settings.topic(name) for name in (INTERACTIONS, RECOMMENDATIONS, DEAD_LETTER)}
         self._applied = metrics.EVENTS.labels("applied")
+        self.prequential = Prequential(settings.top_k)
         self._duplicate = metrics.EVENTS.labels("duplicate")
 
     # -- interactions ----------------------------------------------------------------------------------------
@@ -111,6 +113,7 @@ class Pipeline:
             # changelog again, so a worker that later rebuilds from the changelog alone still has them.
             dirty[user] = (event, after)
             if is_new:
+                self.judge(user, interaction.item_id)
                 self.scorer.observe(history_items(before), interaction.item_id)   # reaches its fallback too
                 self._applied.inc()
             else:
@@ -124,12 +127,26 @@ class Pipeline:
         latest = {i.user_id: s for i, s, _ in applied}
         users = list(latest)
         answers = dict(zip(users, await self.score([self.request(u, latest[u]) for u in users])))
+        for user, answer in answers.items():
+            self.prequential.served(user, [i for i, _ in answer.items], answer.fallback)
+        metrics.RECOMMENDED_ITEMS.set(len(self.prequential.stats.recommended))
         for interaction, _, redelivered in applied:
             msg = messages.recommendation(interaction.user_id, answers[interaction.user_id],
                                           trigger_event_id=interaction.event_id,
                                           event_timestamp=interaction.timestamp, redelivered=redelivered)
             await self.sink.send(self.topics[RECOMMENDATIONS], interaction.user_id.encode(), messages.encode(msg))
         metrics.RECOMMENDATIONS.inc(len(applied))
+
+    def judge(self, user_id: str, item_id: str) -> None:
+        """Prequential quality: the list last served to this user against the item they just chose."""
+        judged = self.prequential.judge(user_id, item_id)
+        if judged is not None:
+            hit, gain, rr = judged
+            metrics.PREQ_EVENTS.inc()
+            metrics.PREQ_HITS.inc(hit)
+            metrics.PREQ_NDCG.inc(gain)
+            metrics.PREQ_RR.inc(rr)
+            metrics.PREQ_FALLBACK.inc(int(self.prequential.last[user_id][1]))
 
     def request(self, user_id: str, state: dict) -> ScoreRequest:
         return ScoreRequest(user_id, tuple(history_items(state)), self.settings.top_k,
