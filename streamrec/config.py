@@ -51,6 +51,8 @@ class Settings:
     max_event_bytes: int = field(default=16384, metadata={"help": "larger events go to the dead-letter topic"})
     # --- scoring ------------------------------------------------------------------------------
     top_k: int = field(default=10, metadata={"help": "items per recommendation"})
+    recommend_seen: bool = field(default=False, metadata={
+        "help": "may recommend items the user already interacted with (repeat consumption: food, music, news)"})
     scorer: str = field(default="auto", metadata={
         "help": "auto (lm when model_dir holds a trained model, else cooc), lm or cooc"})
     model_dir: str = field(default="", metadata={"help": "trained item language model directory (streamrec train)"})
@@ -110,6 +112,16 @@ def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
+def _flag_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ValueError(f"{raw!r} is not a boolean (true/false, 1/0, yes/no, on/off)")
+    return value in _TRUE
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
 def _coerce(f: dataclasses.Field, raw: str) -> Any:
     kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
     if kind is bool:
@@ -126,6 +138,8 @@ def add_arguments(parser, names: list[str] | None = None) -> None:
         if names is not None and f.name not in names:
             continue
         kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+        if kind is bool:   # argparse's type=bool would read "--flag false" as True
+            kind = _flag_bool
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
                             help=f"{f.metadata.get('help', '')} [env {env_name(f.name)}, default {f.default!r}]")
 

@@ -149,8 +149,9 @@ class Pipeline:
             metrics.PREQ_FALLBACK.inc(int(self.prequential.last[user_id][1]))
 
     def request(self, user_id: str, state: dict) -> ScoreRequest:
+        seen = set() if self.settings.recommend_seen else seen_items(state)
         return ScoreRequest(user_id, tuple(history_items(state)), self.settings.top_k,
-                            frozenset(seen_items(state) | self.unavailable), state["total"])
+                            frozenset(seen | self.unavailable), state["total"])
 
     async def score(self, requests: list[ScoreRequest]) -> list[Scored]:
         started = time.perf_counter()

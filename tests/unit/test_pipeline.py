@@ -209,3 +209,15 @@ def test_learn_histories_warms_the_scorer():
     assert p.learn_histories(states) == 3
     [answer] = p.scorer.score([p.request("x", decode_state(states[0]) | {"history": [["a", "view", 1]]})])
     assert isinstance(answer, Scored) and answer.items[0][0] == "b"
+
+
+def test_recommend_seen_lets_history_items_come_back_but_never_unavailable_ones():
+    events = [ev(f"u{n}", i, t) for n in range(5) for t, i in enumerate(["a", "b", "c"])]
+    p, _, sink = make(recommend_seen=True)
+    run(p.handle_batch(events))
+    run(p.handle_item(raw(orjson.dumps({"schema_version": 1, "item_id": "c", "title": "C", "available": False}),
+                          b"c", "items")))
+    sink.sent.clear()
+    run(p.handle_batch([ev("u0", "a", 10)]))
+    got = [i["item_id"] for _, m in sink.on("recommendations") for i in m["items"]]
+    assert "b" in got and "c" not in got          # b was seen by u0 (allowed now); c is unavailable
