@@ -84,12 +84,24 @@ def cmd_prequential(args) -> int:
     events = read_events(args.file, args.format)
     if args.limit:
         events = events[: args.limit]
-    report = prequential(settings, events, batch=args.batch, progress=not args.quiet)
+    warmup = int(len(events) * args.warmup_share) if args.warmup_share else args.warmup
+    report = prequential(settings, events, batch=args.batch, progress=not args.quiet, warmup=warmup)
     text = json.dumps({"data": str(args.file), **report}, indent=2)
     print(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def cmd_split(args) -> int:
+    from streamrec.model.datasets import read_events
+    events = read_events(args.file, args.format)
+    cut = int(len(events) * args.share)
+    with open(args.out, "wb") as f:
+        for e in events[:cut]:
+            f.write(e.to_bytes() + b"\n")
+    print(f"wrote the first {cut} of {len(events)} events (time order) of {args.file} to {args.out}")
     return 0
 
 
@@ -150,12 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["auto", "jsonl", "movielens-dat", "movielens-100k", "csv", "sequences"])
     q.add_argument("--batch", type=int, default=64, help="events per pipeline batch (the worker's take batches)")
     q.add_argument("--limit", type=int, default=0, help="only the first N events (after sorting by time)")
+    q.add_argument("--warmup", type=int, default=0, help="apply the first N events without judging them")
+    q.add_argument("--warmup-share", type=float, default=0.0,
+                   help="same, as a share of the events (0.5: judge the second half, e.g. after training on the "
+                        "first half with `streamrec split`)")
     q.add_argument("--json", help="also write the report here")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     add_arguments(q, ["scorer", "model_dir", "top_k", "history_size", "dedupe_window", "max_event_bytes",
                       "scorer_threads", "group_lengths", "backend", "reranker_dir", "rerank_candidates", "max_batch_size",
                       "max_wait_ms", "max_queue", "scorer_timeout_s"])
     q.set_defaults(func=cmd_prequential)
+
+    s = sub.add_parser("split", help="write the first share of a data file's events (time order) as JSONL, e.g. "
+                                     "to train on the past and replay the rest (prequential)")
+    s.add_argument("file")
+    s.add_argument("--format", default="auto",
+                   choices=["auto", "jsonl", "movielens-dat", "movielens-100k", "csv", "sequences"])
+    s.add_argument("--share", type=float, default=0.5)
+    s.add_argument("--out", required=True, help="JSONL file (streamrec train/eval/replay read it)")
+    s.set_defaults(func=cmd_split)
 
     g = sub.add_parser("generate", help="write a synthetic sequence data set (for demos and tests)")
     g.add_argument("out")

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from streamrec.config import Settings
 from streamrec.events import Interaction
 from streamrec.stream.pipeline import Pipeline
+from streamrec.stream.prequential import PrequentialStats
 
 
 @dataclass
@@ -26,7 +27,7 @@ class _Message:
     value: bytes
     topic: str
     partition: int = 0
-    offset: int = 0
+    offset: int = -1   # not from Kafka
 
 
 @dataclass
@@ -53,32 +54,37 @@ class _CountingSink:
         self.messages += 1
 
 
-async def _run(settings: Settings, scorer, events: Sequence[Interaction], batch: int, progress: bool) -> dict:
+async def _run(settings: Settings, scorer, events: Sequence[Interaction], batch: int, progress: bool,
+               warmup: int) -> dict:
     sink = _CountingSink()
     pipeline = Pipeline(settings, scorer, _MemoryStore(), sink)
     topic = settings.topic("interactions")
     started = time.perf_counter()
     bar = tqdm(total=len(events), unit="ev", desc="prequential", disable=not progress, mininterval=0.5)
     try:
-        for start in range(0, len(events), batch):
-            chunk = events[start:start + batch]
-            await pipeline.handle_batch([_Event(_Message(e.user_id.encode(), e.to_bytes(), topic, 0, start + n))
-                                         for n, e in enumerate(chunk)])
-            bar.update(len(chunk))
+        # The warm-up part is applied (state, online learning, lists served) but not judged.
+        for part in (events[:warmup], events[warmup:]):
+            pipeline.prequential.stats = PrequentialStats()
+            for start in range(0, len(part), batch):
+                chunk = part[start:start + batch]
+                await pipeline.handle_batch([_Event(_Message(e.user_id.encode(), e.to_bytes(), topic))
+                                             for e in chunk])
+                bar.update(len(chunk))
     finally:
         bar.close()
         if hasattr(scorer, "close"):
             scorer.close()
     report = pipeline.prequential.stats.report(settings.top_k)
-    report.update(scorer=getattr(scorer, "name", type(scorer).__name__), replayed=len(events), batch=batch,
-                  messages=sink.messages, seconds=round(time.perf_counter() - started, 1))
+    report.update(scorer=getattr(scorer, "name", type(scorer).__name__), replayed=len(events), warmup=warmup,
+                  batch=batch, messages=sink.messages, seconds=round(time.perf_counter() - started, 1))
     return report
 
 
 def prequential(settings: Settings, events: Sequence[Interaction], *, batch: int = 64, scorer=None,
-                progress: bool = True) -> dict:
-    """Replay ``events`` (in the given order) through a fresh pipeline; return the prequential report."""
+                progress: bool = True, warmup: int = 0) -> dict:
+    """Replay ``events`` (in the given order) through a fresh pipeline; return the prequential report over the
+    events after the first ``warmup`` (those are applied but not judged: e.g. the part a model was trained on)."""
     if scorer is None:
         from streamrec.serve.build import build_scorer
         scorer = build_scorer(settings)
-    return asyncio.run(_run(settings, scorer, events, batch, progress))
+    return asyncio.run(_run(settings, scorer, events, batch, progress, warmup))

@@ -72,3 +72,10 @@ def test_the_worker_exports_prequential_counters():
     assert metrics.PREQ_HITS._value.get() - before[metrics.PREQ_HITS] == 1
     assert metrics.PREQ_RR._value.get() - before[metrics.PREQ_RR] == 1.0
     assert b"streamrec_prequential_hits_total" in metrics.render()
+
+
+def test_warmup_events_are_applied_but_not_judged():
+    events = [ev(0, "u", "a"), ev(1, "u", "next"), ev(2, "u", "b"), ev(3, "u", "other")]
+    r = prequential(Settings(top_k=2), events, batch=1, scorer=Fixed(), progress=False, warmup=2)
+    # judged: event 2 ("b", a miss) and event 3 ("other", rank 2); nothing cold: the warm-up served u already
+    assert r["events"] == 2 and r["cold_events"] == 0 and r["HR@2"] == 0.5 and r["warmup"] == 2
