@@ -51,6 +51,8 @@ class Settings:
     max_event_bytes: int = field(default=16384, metadata={"help": "larger events go to the dead-letter topic"})
     # --- scoring ------------------------------------------------------------------------------
     top_k: int = field(default=10, metadata={"help": "items per recommendation"})
+    explain: bool = field(default=True, metadata={
+        "help": "each recommended item carries the history item behind it (and its title when known)"})
     recommend_seen: bool = field(default=False, metadata={
         "help": "may recommend items the user already interacted with (repeat consumption: food, music, news)"})
     scorer: str = field(default="auto", metadata={

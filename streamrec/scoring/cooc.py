@@ -118,6 +118,19 @@ class CooccurrenceScorer:
             self._changes[h] = 0
         return top
 
+    def because(self, history: Sequence[str], item_id: str, n: int = 1) -> list[str]:
+        """The recent history items that contributed most to ``item_id``'s co-occurrence score (newest first on
+        ties), at most ``n``: the reason to show next to a recommendation. Empty when none co-occurred with it."""
+        pop, cooc = self.pop, self.cooc
+        weight, found = 1.0, []
+        for age, h in enumerate(reversed(history[-self.window:])):
+            row = cooc.get(h)
+            v = row.get(item_id, 0) if row else 0
+            if v:
+                found.append((weight * v / math.sqrt(pop.get(h, 0) or 1), -age, h))
+            weight *= self.decay
+        return [h for _, _, h in heapq.nlargest(n, found)]
+
     def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
         with self._lock:
             return [Scored(self.score_one(r), self.name, self.version) for r in requests]

@@ -130,10 +130,12 @@ class Pipeline:
         for user, answer in answers.items():
             self.prequential.served(user, [i for i, _ in answer.items], answer.fallback)
         metrics.RECOMMENDED_ITEMS.set(len(self.prequential.stats.recommended))
+        because = {u: self.because(latest[u], answers[u]) for u in users} if settings.explain else {}
         for interaction, _, redelivered in applied:
             msg = messages.recommendation(interaction.user_id, answers[interaction.user_id],
                                           trigger_event_id=interaction.event_id,
-                                          event_timestamp=interaction.timestamp, redelivered=redelivered)
+                                          event_timestamp=interaction.timestamp, redelivered=redelivered,
+                                          because=because.get(interaction.user_id))
             await self.sink.send(self.topics[RECOMMENDATIONS], interaction.user_id.encode(), messages.encode(msg))
         metrics.RECOMMENDATIONS.inc(len(applied))
 
@@ -152,6 +154,24 @@ class Pipeline:
         seen = set() if self.settings.recommend_seen else seen_items(state)
         return ScoreRequest(user_id, tuple(history_items(state)), self.settings.top_k,
                             frozenset(seen | self.unavailable), state["total"])
+
+    def because(self, state: dict, answer: Scored) -> dict[str, list[dict[str, str]]]:
+        """Why each item was recommended: the history item that co-occurred with it most (from the co-occurrence
+        model, which every scorer keeps as its fallback), with its title when the catalog has one."""
+        cooc = self.fallback if isinstance(self.fallback, CooccurrenceScorer) else None
+        if cooc is None or not answer.items:
+            return {}
+        history = history_items(state)
+        out: dict[str, list[dict[str, str]]] = {}
+        for item, _ in answer.items:
+            reasons = []
+            for h in cooc.because(history, item):
+                record = self.catalog.get(h)
+                title = record.get("title") if isinstance(record, dict) else None
+                reasons.append({"item_id": h, "title": title} if title else {"item_id": h})
+            if reasons:
+                out[item] = reasons
+        return out
 
     async def score(self, requests: list[ScoreRequest]) -> list[Scored]:
         started = time.perf_counter()

@@ -221,3 +221,26 @@ def test_recommend_seen_lets_history_items_come_back_but_never_unavailable_ones(
     run(p.handle_batch([ev("u0", "a", 10)]))
     got = [i["item_id"] for _, m in sink.on("recommendations") for i in m["items"]]
     assert "b" in got and "c" not in got          # b was seen by u0 (allowed now); c is unavailable
+
+
+def test_each_recommended_item_names_a_history_item_of_the_user_with_its_title():
+    p, _, sink = make()
+    run(p.handle_item(raw(orjson.dumps({"schema_version": 1, "item_id": "a", "title": "Alpha"}), b"a", "items")))
+    # some users walk a -> b, others x -> y: u's recommendation of b is explained by a, of y by x
+    run(p.handle_batch([ev(f"w{n}", i, t) for n in range(5) for t, i in enumerate(["a", "b"])]
+                       + [ev(f"v{n}", i, t) for n in range(5) for t, i in enumerate(["x", "y"])]))
+    sink.sent.clear()
+    run(p.handle_batch([ev("u", "a", 1), ev("u", "x", 2)]))
+    msg = sink.on("recommendations")[-1][1]
+    REC.validate(msg)
+    reasons = {i["item_id"]: i.get("because") for i in msg["items"]}
+    assert reasons["b"] == [{"item_id": "a", "title": "Alpha"}]
+    assert reasons["y"] == [{"item_id": "x"}]
+    for why in filter(None, reasons.values()):
+        assert why[0]["item_id"] in {"a", "x"}         # always an item of this user's history
+
+
+def test_explain_off_leaves_items_bare():
+    p, _, sink = make(explain=False)
+    run(p.handle_batch([ev(f"w{n}", i, t) for n in range(3) for t, i in enumerate(["a", "b"])] + [ev("u", "a", 9)]))
+    assert all("because" not in i for _, m in sink.on("recommendations") for i in m["items"])
