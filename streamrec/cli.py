@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "first half with `streamrec split`)")
     q.add_argument("--json", help="also write the report here")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_arguments(q, ["scorer", "model_dir", "top_k", "history_size", "dedupe_window", "max_event_bytes",
+    add_arguments(q, ["scorer", "model_dir", "top_k", "recommend_seen", "explain", "history_size", "dedupe_window", "max_event_bytes",
                       "scorer_threads", "group_lengths", "backend", "reranker_dir", "rerank_candidates", "max_batch_size",
                       "max_wait_ms", "max_queue", "scorer_timeout_s"])
     q.set_defaults(func=cmd_prequential)
