@@ -98,14 +98,12 @@ class Pipeline:
                 await self.sink.send(self.topics[INTERACTIONS], user.encode(), event.message.value)
                 metrics.EVENTS.labels("rekeyed").inc()
                 continue
-            try:
-                before = dirty[user][1] if user in dirty else decode_state(self.store.get(key, event))
-                after, is_new = apply_event(before, interaction, history_size=settings.history_size,
-                                            dedupe_window=settings.dedupe_window)
-            except Exception as exc:   # keep the worker alive; the event is kept in the dead-letter topic
-                log.exception("failed to apply event")
-                await self.dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:500])
-                continue
+            # No try here: the event parsed, so a failure from now on is the worker's own (a store read error,
+            # a stored state that does not decode: state.StateError). It must stop the worker before the batch
+            # commits; dead-lettering would lose this valid event and every later one of this user.
+            before = dirty[user][1] if user in dirty else decode_state(self.store.get(key, event))
+            after, is_new = apply_event(before, interaction, history_size=settings.history_size,
+                                        dedupe_window=settings.dedupe_window)
             # Duplicates are written too: after a hard crash the local RocksDB can hold writes whose changelog
             # records never left the producer; rewriting the state when their events come back puts it in the
             # changelog again, so a worker that later rebuilds from the changelog alone still has them.

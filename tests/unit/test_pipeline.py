@@ -12,7 +12,7 @@ import pytest
 from streamrec.config import Settings
 from streamrec.scoring import CooccurrenceScorer, Scored
 from streamrec.stream.pipeline import Pipeline
-from streamrec.stream.state import decode_state, encode_state
+from streamrec.stream.state import STATE_VERSION, StateError, decode_state, encode_state
 from streamrec.stream.topics import validator
 
 REC = validator("recommendation.schema.json")
@@ -209,3 +209,34 @@ def test_learn_histories_warms_the_scorer():
     assert p.learn_histories(states) == 3
     [answer] = p.scorer.score([p.request("x", decode_state(states[0]) | {"history": [["a", "view", 1]]})])
     assert isinstance(answer, Scored) and answer.items[0][0] == "b"
+
+
+class FailingStore(DictStore):
+    def get(self, key, event=None):
+        raise OSError("rocksdb: IO error: read failed")
+
+
+@pytest.mark.parametrize("fault", ["store", "state"])
+def test_a_store_or_state_fault_raises_and_dead_letters_nothing(fault):
+    """The worker's own store or state failing is not bad input: handle_batch raises (the agent then exits
+    before the commit) and the valid events are neither dead-lettered nor answered."""
+    sink = ListSink()
+    store = FailingStore() if fault == "store" else DictStore()
+    if fault == "state":
+        store.data[b"u1"] = b'{"history": [["a", "vie'    # a torn write / foreign bytes
+    p = Pipeline(Settings(), CooccurrenceScorer(), store, sink)
+    with pytest.raises(OSError if fault == "store" else StateError):
+        run(p.handle_batch([ev("u2", "b"), ev("u1", "a"), ev("u3", "c")]))
+    assert not sink.on("interactions-dlq")
+    assert not sink.on("recommendations")
+
+
+def test_an_old_format_state_is_migrated_and_applied_on():
+    p, store, sink = make()
+    store.data[b"u1"] = orjson.dumps({"history": [["a", "view", 1.0]], "counts": {"view": 1}, "total": 1,
+                                      "first_seen": 1.0, "last_seen": 1.0, "recent_event_ids": ["e0"]})
+    run(p.handle_batch([ev("u1", "b", 2.0, eid="e1")]))
+    state = decode_state(store.data[b"u1"])
+    assert state["v"] == STATE_VERSION and state["total"] == 2 and [h[0] for h in state["history"]] == ["a", "b"]
+    assert orjson.loads(store.data[b"u1"])["v"] == STATE_VERSION   # written back in the current format
+    assert not sink.on("interactions-dlq")
