@@ -202,6 +202,14 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
         users += pipeline.learn_histories(chunk)
         log.info("scorer warmed up from the histories of %d users", users)
 
+    @app.on_before_shutdown.connect
+    async def close_scorer(sender: faust.App, **kwargs: Any) -> None:
+        """Worker stop: close the micro-batcher (bounded wait for a model call in flight) so a call that never
+        returns cannot hold the stop, and its daemon thread cannot hold the interpreter's exit."""
+        close = getattr(scorer, "close", None)
+        if close is not None:
+            await close()
+
     @app.agent(interactions, name="process_interactions")
     async def process_interactions(stream):
         async for batch in stream.take_events(settings.take_batch, within=settings.take_within_s):
