@@ -18,6 +18,11 @@ COMPUTE = Histogram("streamrec_score_compute_seconds", "Scorer call duration", [
 FALLBACKS = Counter("streamrec_score_fallbacks_total", "Requests answered by the fallback scorer", ["reason"],
                     registry=REGISTRY)
 QUEUE_DEPTH = Gauge("streamrec_score_queue_depth", "Scoring requests waiting", registry=REGISTRY)
+WARMUP_USERS = Counter("streamrec_warmup_users_total",
+                       "User histories replayed into the scorer from user_state partitions this worker gained",
+                       registry=REGISTRY)
+COLD_START_BACKLOG = Gauge("streamrec_cold_start_backlog_items",
+                           "Cold-start items waiting to be embedded into the item LM's table", registry=REGISTRY)
 CATALOG_ITEMS = Gauge("streamrec_catalog_items", "Items in the catalog table", registry=REGISTRY)
 # Prequential quality: each applied event judged against the list last served to its user (stream/prequential.py).
 # Quality over a window = rate(hits) / rate(events), likewise NDCG and reciprocal rank.

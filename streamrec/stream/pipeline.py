@@ -12,9 +12,10 @@ What goes where:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any, Iterable, MutableMapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, MutableMapping, Protocol, Sequence
 
 import orjson
 
@@ -69,6 +70,8 @@ class Pipeline:
         self.catalog = {} if catalog is None else catalog
         self.unavailable: set[str] = set()   # never recommended: available=false or deleted in the catalog
         self.topics = {name: settings.topic(name) for name in (INTERACTIONS, RECOMMENDATIONS, DEAD_LETTER)}
+        self.warmed: set[int] = set()        # user_state partitions whose histories the scorer has been taught
+        self._taught: dict[int, dict[bytes, int]] = {}   # revoked partition -> user key -> events taught then
         self._applied = metrics.EVENTS.labels("applied")
         self.prequential = Prequential(settings.top_k)
         self._duplicate = metrics.EVENTS.labels("duplicate")
@@ -100,14 +103,12 @@ class Pipeline:
                 await self.sink.send(self.topics[INTERACTIONS], user.encode(), event.message.value)
                 metrics.EVENTS.labels("rekeyed").inc()
                 continue
-            try:
-                before = dirty[user][1] if user in dirty else decode_state(self.store.get(key, event))
-                after, is_new = apply_event(before, interaction, history_size=settings.history_size,
-                                            dedupe_window=settings.dedupe_window)
-            except Exception as exc:   # keep the worker alive; the event is kept in the dead-letter topic
-                log.exception("failed to apply event")
-                await self.dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:500])
-                continue
+            # No try here: the event parsed, so a failure from now on is the worker's own (a store read error,
+            # a stored state that does not decode: state.StateError). It must stop the worker before the batch
+            # commits; dead-lettering would lose this valid event and every later one of this user.
+            before = dirty[user][1] if user in dirty else decode_state(self.store.get(key, event))
+            after, is_new = apply_event(before, interaction, history_size=settings.history_size,
+                                        dedupe_window=settings.dedupe_window)
             # Duplicates are written too: after a hard crash the local RocksDB can hold writes whose changelog
             # records never left the producer; rewriting the state when their events come back puts it in the
             # changelog again, so a worker that later rebuilds from the changelog alone still has them.
@@ -238,12 +239,50 @@ class Pipeline:
 
     # -- warm start ------------------------------------------------------------------------------------------
 
-    def learn_histories(self, states: Iterable[bytes | None]) -> int:
-        """Teach the scorer the histories of stored user states (after recovery); returns how many users."""
+    async def warm_partitions(self, partitions: Iterable[int],
+                              read: Callable[[int], Iterable[tuple[bytes, bytes | None]]], chunk: int = 500) -> int:
+        """Teach the scorer the stored histories of the user_state partitions it has just gained; returns how many
+        users were replayed. ``read(p)`` yields partition ``p``'s (key, stored state) pairs.
+
+        Called after every recovery with the worker's active partitions (``app.py``), so partitions gained at a
+        later rebalance warm the scorer too. Nothing is counted twice:
+          * the caller runs this while the partitions' streams are still paused (after their table recovery,
+            before Faust resumes fetching), so no event of theirs is applied while their histories replay;
+          * a partition held since an earlier assignment is skipped: its events are in the counts already;
+          * a partition this worker held before, lost (``forget_partitions`` noted each user's event count then)
+            and has now gained back: only each user's events applied elsewhere since are taught.
+        """
         users = 0
-        for raw in states:
-            items = history_items(decode_state(raw))
-            for i, item in enumerate(items):
-                self.scorer.observe(items[:i], item)
-            users += 1
+        for partition in sorted(set(partitions) - self.warmed):
+            taught = self._taught.pop(partition, {})
+            n = 0
+            for key, raw in read(partition):
+                state = decode_state(raw)
+                if state is None:
+                    continue
+                items = history_items(state)
+                new = min(state["total"] - taught.get(key, 0), len(items))
+                for i in range(len(items) - max(new, 0), len(items)):
+                    self.scorer.observe(items[:i], items[i])
+                users += new > 0
+                n += 1
+                if n % chunk == 0:
+                    await asyncio.sleep(0)   # the consumer's heartbeats and the web pages run meanwhile
+            self.warmed.add(partition)
+        metrics.WARMUP_USERS.inc(users)
         return users
+
+    async def forget_partitions(self, partitions: Iterable[int],
+                                read: Callable[[int], Iterable[tuple[bytes, bytes | None]]], chunk: int = 500) -> None:
+        """Partitions revoked from this worker (their stores still readable): note how many events of each user the
+        scorer has been taught, so that gaining the partition back teaches only what was applied elsewhere."""
+        for partition in sorted(set(partitions) & self.warmed):
+            taught: dict[bytes, int] = {}
+            for n, (key, raw) in enumerate(read(partition), 1):
+                state = decode_state(raw)
+                if state is not None:
+                    taught[key] = state["total"]
+                if n % chunk == 0:
+                    await asyncio.sleep(0)
+            self._taught[partition] = taught
+            self.warmed.discard(partition)

@@ -12,7 +12,7 @@ import pytest
 from streamrec.config import Settings
 from streamrec.scoring import CooccurrenceScorer, Scored
 from streamrec.stream.pipeline import Pipeline
-from streamrec.stream.state import decode_state, encode_state
+from streamrec.stream.state import STATE_VERSION, StateError, decode_state, encode_state
 from streamrec.stream.topics import validator
 
 REC = validator("recommendation.schema.json")
@@ -202,13 +202,96 @@ def test_a_scorer_fault_without_fallback_raises_so_the_batch_is_not_committed():
     assert not sink.on("interactions-dlq")
 
 
-def test_learn_histories_warms_the_scorer():
+class FailingStore(DictStore):
+    def get(self, key, event=None):
+        raise OSError("rocksdb: IO error: read failed")
+
+
+@pytest.mark.parametrize("fault", ["store", "state"])
+def test_a_store_or_state_fault_raises_and_dead_letters_nothing(fault):
+    """The worker's own store or state failing is not bad input: handle_batch raises (the agent then exits
+    before the commit) and the valid events are neither dead-lettered nor answered."""
+    sink = ListSink()
+    store = FailingStore() if fault == "store" else DictStore()
+    if fault == "state":
+        store.data[b"u1"] = b'{"history": [["a", "vie'    # a torn write / foreign bytes
+    p = Pipeline(Settings(), CooccurrenceScorer(), store, sink)
+    with pytest.raises(OSError if fault == "store" else StateError):
+        run(p.handle_batch([ev("u2", "b"), ev("u1", "a"), ev("u3", "c")]))
+    assert not sink.on("interactions-dlq")
+    assert not sink.on("recommendations")
+
+
+def test_an_old_format_state_is_migrated_and_applied_on():
+    p, store, sink = make()
+    store.data[b"u1"] = orjson.dumps({"history": [["a", "view", 1.0]], "counts": {"view": 1}, "total": 1,
+                                      "first_seen": 1.0, "last_seen": 1.0, "recent_event_ids": ["e0"]})
+    run(p.handle_batch([ev("u1", "b", 2.0, eid="e1")]))
+    state = decode_state(store.data[b"u1"])
+    assert state["v"] == STATE_VERSION and state["total"] == 2 and [h[0] for h in state["history"]] == ["a", "b"]
+    assert orjson.loads(store.data[b"u1"])["v"] == STATE_VERSION   # written back in the current format
+    assert not sink.on("interactions-dlq")
+
+
+class ObserveCounter(CooccurrenceScorer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.observed: list[str] = []
+
+    def observe(self, history, item_id):
+        self.observed.append(item_id)
+        super().observe(history, item_id)
+
+
+def stored(*items: str, total: int | None = None) -> bytes:
+    return encode_state({"history": [[it, "view", n] for n, it in enumerate(items)], "counts": {},
+                         "total": len(items) if total is None else total, "first_seen": 0, "last_seen": len(items),
+                         "recent_event_ids": []})
+
+
+def test_partitions_gained_at_a_later_assignment_warm_the_scorer_and_none_is_replayed_twice():
+    scorer = ObserveCounter()
+    p, _, _ = make(scorer)
+    table = {0: [(b"u0", stored("a", "b"))], 1: [(b"u1", stored("c", "d")), (b"u2", stored("c", "d"))],
+             2: [(b"u3", stored("x", "y"))], 3: []}
+    reads: list[int] = []
+
+    def read(partition):
+        reads.append(partition)
+        return table[partition]
+
+    assert run(p.warm_partitions({0, 1}, read)) == 3          # the first assignment
+    assert run(p.warm_partitions({0, 1, 2, 3}, read)) == 1    # a later one: only what was gained is replayed
+    assert reads == [0, 1, 2, 3] and p.warmed == {0, 1, 2, 3}
+    assert sorted(scorer.observed) == ["a", "b", "c", "c", "d", "d", "x", "y"]   # each stored event once
+    [answer] = scorer.score([p.request("new", decode_state(stored("x")))])
+    assert answer.items[0][0] == "y"                          # learned from the partition gained later
+
+
+def test_a_partition_lost_and_gained_back_teaches_only_what_was_applied_elsewhere_meanwhile():
+    scorer = ObserveCounter()
+    p, _, _ = make(scorer)
+    table = {0: [(b"u0", stored("a", "b")), (b"u1", stored("c"))]}
+    run(p.warm_partitions({0}, table.get))
+    run(p.forget_partitions({0}, table.get))                  # revoked: u0 had 2 events, u1 had 1
+    assert p.warmed == set()
+    # meanwhile another worker applied u0: e, u1: f, g, and a new user u2: h, i (its histories grew)
+    table[0] = [(b"u0", stored("a", "b", "e")), (b"u1", stored("c", "f", "g")), (b"u2", stored("h", "i"))]
+    scorer.observed.clear()
+    assert run(p.warm_partitions({0}, table.get)) == 3
+    assert sorted(scorer.observed) == ["e", "f", "g", "h", "i"]
+    # a history cut to history_size: total says 10 events, 3 stored, 2 taught before -> the 3 stored are new
+    run(p.forget_partitions({0}, lambda _: [(b"u9", stored("z", total=2))]))
+    scorer.observed.clear()
+    run(p.warm_partitions({0}, lambda _: [(b"u9", stored("p", "q", "r", total=10))]))
+    assert scorer.observed == ["p", "q", "r"]
+
+
+def test_warming_a_partition_with_an_unreadable_state_raises():
     p, _, _ = make()
-    states = [encode_state({"history": [["a", "view", 1], ["b", "view", 2]], "counts": {}, "total": 2,
-                            "first_seen": 1, "last_seen": 2, "recent_event_ids": []})] * 3
-    assert p.learn_histories(states) == 3
-    [answer] = p.scorer.score([p.request("x", decode_state(states[0]) | {"history": [["a", "view", 1]]})])
-    assert isinstance(answer, Scored) and answer.items[0][0] == "b"
+    with pytest.raises(StateError):
+        run(p.warm_partitions({0}, lambda _: [(b"u", b"\x00garbage")]))
+    assert p.warmed == set()
 
 
 def test_recommend_seen_lets_history_items_come_back_but_never_unavailable_ones():
@@ -244,3 +327,6 @@ def test_explain_off_leaves_items_bare():
     p, _, sink = make(explain=False)
     run(p.handle_batch([ev(f"w{n}", i, t) for n in range(3) for t, i in enumerate(["a", "b"])] + [ev("u", "a", 9)]))
     assert all("because" not in i for _, m in sink.on("recommendations") for i in m["items"])
+    with pytest.raises(StateError):
+        run(p.warm_partitions({0}, lambda _: [(b"u", b"\x00garbage")]))
+    assert p.warmed == set()
