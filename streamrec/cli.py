@@ -10,11 +10,8 @@ from pathlib import Path
 
 from streamrec import __version__
 from streamrec.model import cli as model_cli
-from streamrec.config import add_arguments, from_args
+from streamrec.config import KAFKA_SETTINGS as KAFKA, add_arguments, from_args
 
-KAFKA = ["kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
-         "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "topic_prefix",
-         "topics_file", "app_id"]
 
 
 def cmd_worker(args) -> int:
@@ -85,13 +82,46 @@ def cmd_prequential(args) -> int:
     if args.limit:
         events = events[: args.limit]
     warmup = int(len(events) * args.warmup_share) if args.warmup_share else args.warmup
-    report = prequential(settings, events, batch=args.batch, progress=not args.quiet, warmup=warmup)
+    retrain = _retrainer(settings, args) if args.retrain_every else None
+    report = prequential(settings, events, batch=args.batch, progress=not args.quiet, warmup=warmup,
+                         retrain=retrain, retrain_every=args.retrain_every)
     text = json.dumps({"data": str(args.file), **report}, indent=2)
     print(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     return 0
+
+
+def _retrainer(settings, args):
+    """Periodic retraining for ``streamrec prequential``: each call continues the current model on every event
+    streamed so far (``train(init_from=...)``, the previous recipe, ``--retrain-epochs`` epochs) into a new
+    versioned directory, and returns the scorer the worker would build from it."""
+    import dataclasses
+    import tempfile
+
+    from streamrec.model.datasets import sequences
+    from streamrec.model.train import train
+    from streamrec.model.train_config import TrainConfig
+    from streamrec.serve.build import build_scorer
+
+    if not settings.model_dir:
+        raise SystemExit("--retrain-every needs --model-dir (the model to start from)")
+    base = Path(settings.model_dir)
+    recipe = json.loads((base / "train_config.json").read_text())
+    cfg = dataclasses.replace(TrainConfig.from_dict(recipe), epochs=args.retrain_epochs, patience=args.retrain_epochs,
+                              max_minutes=0)
+    work = Path(args.retrain_dir or tempfile.mkdtemp(prefix="streamrec-retrain-"))
+    current = [base]
+
+    def retrain(events):
+        out = work / f"v{len(current)}"
+        train(cfg, sequences(events), out, init_from=current[-1], progress=False, dataset_name="stream")
+        current.append(out)
+        logging.getLogger(__name__).info("retrained on %d events -> %s", len(events), out)
+        return build_scorer(dataclasses.replace(settings, model_dir=str(out), scorer="lm"))
+
+    return retrain
 
 
 def cmd_split(args) -> int:
@@ -166,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--warmup-share", type=float, default=0.0,
                    help="same, as a share of the events (0.5: judge the second half, e.g. after training on the "
                         "first half with `streamrec split`)")
+    q.add_argument("--retrain-every", type=int, default=0, metavar="N",
+                   help="after every N judged events, continue the model (--model-dir) on all events so far and "
+                        "swap it in (periodic retraining; 0 = frozen)")
+    q.add_argument("--retrain-epochs", type=int, default=3, help="epochs per retraining")
+    q.add_argument("--retrain-dir", help="where the retrained versions go [default: a temporary directory]")
     q.add_argument("--json", help="also write the report here")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     add_arguments(q, ["scorer", "model_dir", "top_k", "recommend_seen", "explain", "history_size", "dedupe_window", "max_event_bytes",

@@ -110,6 +110,12 @@ class Settings:
         return d
 
 
+# The settings every Kafka client of the CLI takes (the tools, topics, training from the stream).
+KAFKA_SETTINGS = ["kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+                  "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "topic_prefix",
+                  "topics_file", "app_id"]
+
+
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 

@@ -227,6 +227,14 @@ def save_model_dir(model: ItemLM, vocab: ItemVocab, directory: Path) -> None:
     tmp.rename(directory)
 
 
+def grow_vocab(init_from: str | Path, data_vocab: ItemVocab) -> tuple[ItemLM, ItemVocab]:
+    """The previous model and its vocabulary with the data's new items appended (old token ids unchanged)."""
+    model, vocab = load_model_dir(init_from)
+    for item in data_vocab.items[1:]:
+        vocab.add(item)
+    return model, vocab
+
+
 def load_model_dir(directory: str | Path, device="cpu") -> tuple[ItemLM, ItemVocab]:
     """An artefact directory (``out/``) or its ``model/`` subdirectory -> (model in eval mode, vocab)."""
     directory = Path(directory)
@@ -263,8 +271,13 @@ def plot_history(history: list[dict], path: Path, title: str = "") -> None:
 # --- the loop --------------------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str | Path,
           titles: Mapping[str, str] | None = None, resume: bool = False, progress: bool = True,
-          dataset_name: str = "") -> dict:
-    """Train, early-stop on validation NDCG@10, test the best epoch on all users; returns metrics.json's content."""
+          dataset_name: str = "", init_from: str | Path | None = None) -> dict:
+    """Train, early-stop on validation NDCG@10, test the best epoch on all users; returns metrics.json's content.
+
+    ``init_from``: a previous ``streamrec train`` output to continue from (learning from new interactions): its
+    weights and vocabulary are kept, items it has never seen are appended (new rows), and the architecture is the
+    previous model's (``cfg``'s model sizes are ignored). The output is a new version (new data fingerprint).
+    """
     from tqdm.auto import tqdm
 
     if cfg.id_dropout and not cfg.use_text:
@@ -294,6 +307,9 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
     cold = pick_cold_items(seqs, cfg.cold_items, cfg.seed) if cfg.cold_items else set()
     warm_seqs = {u: [i for i in s if i not in cold] for u, s in seqs.items()} if cold else seqs
     vocab = build_vocab(warm_seqs)
+    previous = None
+    if init_from is not None and ckpt is None:
+        previous, vocab = grow_vocab(init_from, vocab)
     train_part = train_sequences(seqs)            # items[:-2] of every user
     if cold:
         train_part = {u: [i for i in s if i not in cold] for u, s in train_part.items()}
@@ -321,7 +337,16 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
         text_dim = DIM
         data_info["items_with_text"] = len(text_tokens)
 
-    model = ItemLM(cfg.model_config(len(vocab), text_dim))
+    if previous is not None:
+        model = previous
+        if text_dim != model.config.text_dim:
+            raise ValueError(f"--init-from model has text_dim {model.config.text_dim}; this run {text_dim} "
+                             "(use --use-text exactly when the previous model did)")
+        if len(vocab) > model.config.n_items:
+            model.add_items(len(vocab) - model.config.n_items)
+        data_info["init_from"] = str(init_from)
+    else:
+        model = ItemLM(cfg.model_config(len(vocab), text_dim))
     if text_dim and text_tokens:
         model.set_item_text(text_tokens, text_emb)
     model.to(device)

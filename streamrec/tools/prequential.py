@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
@@ -55,7 +55,7 @@ class _CountingSink:
 
 
 async def _run(settings: Settings, scorer, events: Sequence[Interaction], batch: int, progress: bool,
-               warmup: int) -> dict:
+               warmup: int, retrain: Callable[[Sequence[Interaction]], Any] | None, retrain_every: int) -> dict:
     sink = _CountingSink()
     pipeline = Pipeline(settings, scorer, _MemoryStore(), sink)
     topic = settings.topic("interactions")
@@ -63,28 +63,47 @@ async def _run(settings: Settings, scorer, events: Sequence[Interaction], batch:
     bar = tqdm(total=len(events), unit="ev", desc="prequential", disable=not progress, mininterval=0.5)
     try:
         # The warm-up part is applied (state, online learning, lists served) but not judged.
-        for part in (events[:warmup], events[warmup:]):
+        done, since_retrain, retrains = 0, 0, []
+        for judging, part in ((False, events[:warmup]), (True, events[warmup:])):
             pipeline.prequential.stats = PrequentialStats()
             for start in range(0, len(part), batch):
                 chunk = part[start:start + batch]
                 await pipeline.handle_batch([_Event(_Message(e.user_id.encode(), e.to_bytes(), topic))
                                              for e in chunk])
                 bar.update(len(chunk))
+                done += len(chunk)
+                since_retrain += len(chunk) if judging else 0
+                if retrain is not None and retrain_every and since_retrain >= retrain_every:
+                    # Periodic retraining: a new model from everything streamed so far, swapped in between
+                    # batches (what a deployment does with `streamrec train --from-kafka --init-from`).
+                    judged = pipeline.prequential.stats.report(settings.top_k)
+                    old, pipeline.scorer = pipeline.scorer, retrain(events[:done])
+                    if hasattr(old, "close") and old is not pipeline.fallback:
+                        old.close()
+                    retrains.append({"after_events": done, "judged_so_far": judged["events"],
+                                     f"NDCG@{settings.top_k}_so_far": judged[f"NDCG@{settings.top_k}"]})
+                    since_retrain = 0
     finally:
         bar.close()
-        if hasattr(scorer, "close"):
-            scorer.close()
+        if hasattr(pipeline.scorer, "close"):
+            pipeline.scorer.close()
     report = pipeline.prequential.stats.report(settings.top_k)
     report.update(scorer=getattr(scorer, "name", type(scorer).__name__), replayed=len(events), warmup=warmup,
                   batch=batch, messages=sink.messages, seconds=round(time.perf_counter() - started, 1))
+    if retrain is not None:
+        report["retrains"] = retrains
     return report
 
 
 def prequential(settings: Settings, events: Sequence[Interaction], *, batch: int = 64, scorer=None,
-                progress: bool = True, warmup: int = 0) -> dict:
+                progress: bool = True, warmup: int = 0,
+                retrain: Callable[[Sequence[Interaction]], Any] | None = None, retrain_every: int = 0) -> dict:
     """Replay ``events`` (in the given order) through a fresh pipeline; return the prequential report over the
-    events after the first ``warmup`` (those are applied but not judged: e.g. the part a model was trained on)."""
+    events after the first ``warmup`` (those are applied but not judged: e.g. the part a model was trained on).
+
+    ``retrain(events so far) -> scorer``, called after every ``retrain_every`` judged events, replaces the scorer
+    between two batches (the co-occurrence fallback and its online counts are kept)."""
     if scorer is None:
         from streamrec.serve.build import build_scorer
         scorer = build_scorer(settings)
-    return asyncio.run(_run(settings, scorer, events, batch, progress, warmup))
+    return asyncio.run(_run(settings, scorer, events, batch, progress, warmup, retrain, retrain_every))

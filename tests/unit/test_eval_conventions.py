@@ -38,3 +38,30 @@ def test_no_repeat_no_extra_sections():
     split = leave_one_out(seqs, build_vocab(seqs), "test")
     m = evaluate(lambda h: torch.rand(len(h), 6), split, progress=False)
     assert m["repeat_targets"] == 0 and "conventions" not in m
+
+
+def test_train_init_from_keeps_old_ids_and_weights_and_learns_new_items(tmp_path):
+    """Learning from new interactions: continue from a previous model, new items appended, a new version."""
+    from streamrec.model.datasets import synthetic
+    from streamrec.model.train import TrainConfig, load_model_dir, train
+
+    seqs = synthetic(120, 30, 12, seed=1)
+    cfg = TrainConfig(hidden_size=16, num_layers=1, num_heads=1, max_len=12, epochs=2, batch_size=64,
+                      num_threads=1, eval_every=1, valid_users=50)
+    first = train(cfg, seqs, tmp_path / "v1", progress=False)
+    old_model, old_vocab = load_model_dir(tmp_path / "v1")
+    # new interactions: every user also meets two brand-new items
+    more = {u: s + ["new-a", "new-b"] for u, s in seqs.items()}
+    second = train(cfg, more, tmp_path / "v2", progress=False, init_from=tmp_path / "v1")
+    model, vocab = load_model_dir(tmp_path / "v2")
+    assert second["version"] != first["version"]
+    assert second["data"]["init_from"] == str(tmp_path / "v1")
+    assert vocab.items[:len(old_vocab.items)] == old_vocab.items           # old token ids unchanged
+    assert {"new-a", "new-b"} <= set(vocab.items) and model.config.n_items == len(vocab)
+    # training went on from the old weights, not from a fresh init: the old rows moved only a little
+    old_rows = old_model.item_emb.weight[: len(old_vocab.items)]
+    new_rows = model.item_emb.weight[: len(old_vocab.items)]
+    fresh = train(cfg, more, tmp_path / "fresh", progress=False)
+    fresh_model, _ = load_model_dir(tmp_path / "fresh")
+    import torch
+    assert torch.dist(old_rows, new_rows) < torch.dist(old_rows, fresh_model.item_emb.weight[: len(old_vocab.items)])

@@ -79,3 +79,33 @@ def test_warmup_events_are_applied_but_not_judged():
     r = prequential(Settings(top_k=2), events, batch=1, scorer=Fixed(), progress=False, warmup=2)
     # judged: event 2 ("b", a miss) and event 3 ("other", rank 2); nothing cold: the warm-up served u already
     assert r["events"] == 2 and r["cold_events"] == 0 and r["HR@2"] == 0.5 and r["warmup"] == 2
+
+
+def test_periodic_retraining_swaps_the_scorer_between_batches():
+    class Always:
+        version = "0"
+
+        def __init__(self, item):
+            self.name, self.item = f"always-{item}", item
+
+        def score(self, requests):
+            return [Scored([(self.item, 1.0)], self.name, self.version) for _ in requests]
+
+        def observe(self, history, item):
+            pass
+
+    seen_by_retrain: list[int] = []
+
+    def retrain(events):
+        seen_by_retrain.append(len(events))
+        return Always("z")
+
+    # the user always picks "z"; the first scorer always serves "y", the retrained one "z"
+    events = [ev(n, "u", "z") for n in range(10)]
+    r = prequential(Settings(top_k=1), events, batch=2, scorer=Always("y"), progress=False, warmup=2,
+                    retrain=retrain, retrain_every=4)
+    assert seen_by_retrain == [6, 10]                 # everything streamed so far, every 4 judged events
+    assert [x["after_events"] for x in r["retrains"]] == [6, 10]
+    # judged batches [2,3] [4,5] [6,7] [8,9]; the swap comes after [4,5], whose list ("y") judges [6,7]: misses.
+    # Only [8,9] meets a list from the retrained scorer: 2 hits of 8.
+    assert r["events"] == 8 and r["HR@1"] == 2 / 8
