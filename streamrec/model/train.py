@@ -15,6 +15,9 @@ Artefacts in ``out_dir``::
     metrics.json         per-epoch history, best epoch, final validation and test metrics (all users), timings
     valid_ndcg.png       validation NDCG@10 (and training loss) per epoch
     checkpoint.pt        last epoch's model + optimiser + RNG state (``resume=True`` continues from it)
+    cooc.json            a co-occurrence scorer fitted on every training user's full sequence: the serving
+                         fallback starts from it (``serve/lm.build_lm_scorer``) instead of from nothing
+    popularity.json      {item_id: count} over the same sequences: the serving prior for empty histories
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from streamrec.model.evaluate import build_vocab, evaluate, leave_one_out, lm_score_fn, train_sequences
 from streamrec.model.itemlm import PAD, ItemLM, ItemVocab
 from streamrec.model.train_config import TrainConfig
+from streamrec.scoring import CooccurrenceScorer
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +447,7 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
 
     if cold:
         _add_cold_items(out, cfg, vocab, cold, titles, progress)
+    write_warm_start(out, seqs)
 
     metrics = {"version": version, "dataset": dataset_name, "stop_reason": stop_reason, "best_epoch": best_epoch,
                "best_valid_NDCG@10_sample": best, "epochs_run": len(history), "train_seconds": round(train_seconds, 1),
@@ -456,6 +461,16 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
     log.info("test (all %d users): %s", final_test["users"],
              {k: round(final_test[k], 4) for k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")})
     return metrics
+
+
+def write_warm_start(out: Path, sequences: Mapping[str, Sequence[str]]) -> None:
+    """``cooc.json`` and ``popularity.json`` for serving: what the worker's online counts start from."""
+    CooccurrenceScorer().fit(sequences.values()).save(out / "cooc.json")
+    counts: dict[str, int] = {}
+    for seq in sequences.values():
+        for item in seq:
+            counts[item] = counts.get(item, 0) + 1
+    (out / "popularity.json").write_text(json.dumps(counts))
 
 
 def _add_cold_items(out: Path, cfg: TrainConfig, vocab: ItemVocab, cold: set[str],
