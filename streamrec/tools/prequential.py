@@ -9,6 +9,7 @@ the worker exports as ``streamrec_prequential_*`` metrics, reproducible from a f
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -78,21 +79,27 @@ async def _run(settings: Settings, scorer, events: Sequence[Interaction], batch:
                     # batches (what a deployment does with `streamrec train --from-kafka --init-from`).
                     judged = pipeline.prequential.stats.report(settings.top_k)
                     old, pipeline.scorer = pipeline.scorer, retrain(events[:done])
-                    if hasattr(old, "close") and old is not pipeline.fallback:
-                        old.close()
+                    if old is not pipeline.fallback:
+                        await _close(old)
                     retrains.append({"after_events": done, "judged_so_far": judged["events"],
                                      f"NDCG@{settings.top_k}_so_far": judged[f"NDCG@{settings.top_k}"]})
                     since_retrain = 0
     finally:
         bar.close()
-        if hasattr(pipeline.scorer, "close"):
-            pipeline.scorer.close()
+        await _close(pipeline.scorer)
     report = pipeline.prequential.stats.report(settings.top_k)
     report.update(scorer=getattr(scorer, "name", type(scorer).__name__), replayed=len(events), warmup=warmup,
                   batch=batch, messages=sink.messages, seconds=round(time.perf_counter() - started, 1))
     if retrain is not None:
         report["retrains"] = retrains
     return report
+
+
+async def _close(scorer) -> None:
+    """Stop a scorer that has a close() (the micro-batcher's is a coroutine)."""
+    closing = scorer.close() if hasattr(scorer, "close") else None
+    if inspect.isawaitable(closing):
+        await closing
 
 
 def prequential(settings: Settings, events: Sequence[Interaction], *, batch: int = 64, scorer=None,

@@ -109,3 +109,19 @@ def test_periodic_retraining_swaps_the_scorer_between_batches():
     # judged batches [2,3] [4,5] [6,7] [8,9]; the swap comes after [4,5], whose list ("y") judges [6,7]: misses.
     # Only [8,9] meets a list from the retrained scorer: 2 hits of 8.
     assert r["events"] == 8 and r["HR@1"] == 2 / 8
+
+
+def test_scorers_are_closed_when_swapped_and_at_the_end_awaiting_async_close():
+    closed: list[str] = []
+
+    class Closing(Fixed):
+        def __init__(self, name):
+            self.name = name
+
+        async def close(self):
+            closed.append(self.name)
+
+    events = [ev(n, "u", "next") for n in range(6)]
+    prequential(Settings(top_k=2), events, batch=2, scorer=Closing("first"), progress=False,
+                retrain=lambda evs: Closing(f"after-{len(evs)}"), retrain_every=4)
+    assert closed == ["first", "after-4"]
