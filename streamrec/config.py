@@ -52,7 +52,7 @@ class Settings:
     # --- scoring ------------------------------------------------------------------------------
     top_k: int = field(default=10, metadata={"help": "items per recommendation"})
     scorer: str = field(default="auto", metadata={
-        "help": "auto (lm when model_dir holds a trained model, else cooc), lm or cooc"})
+        "help": "auto (lm when model_dir holds a trained model, else cooc), lm, cooc, or none (no scoring: empty answers, to measure the framework alone)"})
     model_dir: str = field(default="", metadata={"help": "trained item language model directory (streamrec train)"})
     backend: str = field(default="auto", metadata={
         "help": "auto (cuda-bf16 if a GPU is visible, else onnx-int8), torch, onnx, onnx-int8, cuda-bf16, cuda-fp8, "

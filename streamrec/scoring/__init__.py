@@ -5,5 +5,6 @@ Pure Python, no torch: the worker, the model's evaluation and the serving layer 
 
 from streamrec.scoring.base import ScoreRequest, Scored, Scorer
 from streamrec.scoring.cooc import CooccurrenceScorer
+from streamrec.scoring.null import NullScorer
 
-__all__ = ["CooccurrenceScorer", "ScoreRequest", "Scored", "Scorer"]
+__all__ = ["CooccurrenceScorer", "NullScorer", "ScoreRequest", "Scored", "Scorer"]
