@@ -21,7 +21,7 @@ import orjson
 from streamrec import metrics
 from streamrec.config import Settings
 from streamrec.events import InvalidEvent, parse_event
-from streamrec.scoring import CooccurrenceScorer, ScoreRequest, Scored
+from streamrec.scoring import CooccurrenceScorer, Exclusion, ScoreRequest, Scored
 from streamrec.stream import messages
 from streamrec.stream.catalog import validate_item
 from streamrec.stream.state import apply_event, decode_state, encode_state, history_items, seen_items
@@ -67,6 +67,10 @@ class Pipeline:
         self.sink = sink
         self.catalog = {} if catalog is None else catalog
         self.unavailable: set[str] = set()   # never recommended: available=false or deleted in the catalog
+        # What requests see of it: a frozen copy, made once per burst of catalog changes rather than once per
+        # request, and safe to read from a scorer thread while the catalog agent changes ``unavailable``.
+        self._unavailable_frozen: frozenset[str] | None = frozenset()
+        self._catalog_size: int | None = None   # items in the catalog table, counted once, then kept up to date
         self.topics = {name: settings.topic(name) for name in (INTERACTIONS, RECOMMENDATIONS, DEAD_LETTER)}
         self._applied = metrics.EVENTS.labels("applied")
         self._duplicate = metrics.EVENTS.labels("duplicate")
@@ -132,8 +136,11 @@ class Pipeline:
         metrics.RECOMMENDATIONS.inc(len(applied))
 
     def request(self, user_id: str, state: dict) -> ScoreRequest:
+        frozen = self._unavailable_frozen
+        if frozen is None:
+            frozen = self._unavailable_frozen = frozenset(self.unavailable)
         return ScoreRequest(user_id, tuple(history_items(state)), self.settings.top_k,
-                            frozenset(seen_items(state) | self.unavailable), state["total"])
+                            Exclusion(seen_items(state), frozen), state["total"])
 
     async def score(self, requests: list[ScoreRequest]) -> list[Scored]:
         started = time.perf_counter()
@@ -187,14 +194,20 @@ class Pipeline:
             return
         # A deletion is kept as a marker record, not removed: a restarted worker must still know not to
         # recommend the item, long after Kafka has compacted a tombstone away.
+        if self._catalog_size is None:   # once: len() of a RocksDB table reads every key
+            self._catalog_size = len(self.catalog)
+        if item_id not in self.catalog:
+            self._catalog_size += 1
         self.catalog[item_id] = record if record is not None else {"item_id": item_id, "deleted": True}
         self.apply_item(item_id, record)
-        metrics.CATALOG_ITEMS.set(len(self.catalog))
+        metrics.CATALOG_ITEMS.set(self._catalog_size)
 
     def apply_item(self, item_id: str, record: dict | None) -> None:
         """Every worker's view of the catalog: what not to recommend, and new items for the scorer (cold start)."""
         gone = record is None or record.get("deleted") or not record.get("available", True)
-        (self.unavailable.add if gone else self.unavailable.discard)(item_id)
+        if gone != (item_id in self.unavailable):
+            (self.unavailable.add if gone else self.unavailable.discard)(item_id)
+            self._unavailable_frozen = None
         if hasattr(self.scorer, "on_item"):
             self.scorer.on_item(item_id, None if record is None or record.get("deleted") else record)
 

@@ -209,3 +209,40 @@ def test_learn_histories_warms_the_scorer():
     assert p.learn_histories(states) == 3
     [answer] = p.scorer.score([p.request("x", decode_state(states[0]) | {"history": [["a", "view", 1]]})])
     assert isinstance(answer, Scored) and answer.items[0][0] == "b"
+
+
+class CountingCatalog(dict):
+    """A catalog table whose len() is counted: on a RocksDB table it reads every key."""
+
+    lens = 0
+
+    def __len__(self):
+        CountingCatalog.lens += 1
+        return super().__len__()
+
+
+def test_catalog_size_is_counted_incrementally_not_by_scanning_the_table():
+    from streamrec import metrics
+    catalog = CountingCatalog({"old": {"item_id": "old"}})
+    p = Pipeline(Settings(), CooccurrenceScorer(), DictStore(), ListSink(), catalog)
+    CountingCatalog.lens = 0
+    for i in range(50):
+        run(p.handle_item(raw(orjson.dumps({"schema_version": 1, "item_id": f"i{i}", "title": "T"}), f"i{i}".encode(), "items")))
+    run(p.handle_item(raw(orjson.dumps({"schema_version": 1, "item_id": "i3", "title": "T2"}), b"i3", "items")))
+    run(p.handle_item(raw(None, b"old", "items")))   # a deletion stays as a marker record: still one row
+    assert CountingCatalog.lens <= 1
+    assert metrics.CATALOG_ITEMS._value.get() == dict.__len__(catalog) == 51
+
+
+def test_requests_share_the_unavailable_set_instead_of_copying_it():
+    p, store, _ = make()
+    for i in range(1000):
+        p.apply_item(f"gone{i}", None)
+    run(p.handle_batch([ev("u1", "a", 1), ev("u1", "b", 2)]))
+    r1, r2 = p.request("u1", decode_state(store.data[b"u1"])), p.request("u2", {"history": [], "total": 0})
+    assert r1.exclude.unavailable is r2.exclude.unavailable           # one shared copy, not one per request
+    assert "a" in r1.exclude and "gone5" in r1.exclude and "gone5" in r2.exclude and "a" not in r2.exclude
+    assert len(r1.exclude) == 1002 and set(r1.exclude) == {"a", "b"} | {f"gone{i}" for i in range(1000)}
+    p.apply_item("gone5", {"item_id": "gone5", "title": "back"})      # available again
+    r3 = p.request("u1", decode_state(store.data[b"u1"]))
+    assert "gone5" not in r3.exclude and "gone5" in r1.exclude       # a request keeps the view it was made with
