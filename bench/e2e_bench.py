@@ -60,7 +60,8 @@ from streamrec.stream import topics                                      # noqa:
 PEERS_VENV = BENCH / ".venv-peers"
 PEERS_PACKAGES = ["quixstreams==3.28.1", "py-spy==0.4.3"]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-latest-small" / "ratings.csv"
-CONTENDERS = ("bare", "faust-min", "quix", "worker-none", "worker-cooc")
+CONTENDERS = ("bare", "faust-min", "quix", "worker-none", "before-cooc", "worker-cooc")
+LATENCY = ("before-cooc", "worker-cooc")   # kept running after their drain for the open-loop loads
 
 
 # --- environment ------------------------------------------------------------------------------------------------
@@ -246,6 +247,22 @@ def open_loop(bootstrap: str, source: str, answers: str, events: list[Interactio
 
 # --- report -----------------------------------------------------------------------------------------------------
 
+def latency_phase(args, all_events: list[Interaction], n: int, source: str, recs: str) -> list[dict]:
+    rows = []
+    start_at = n
+    for load in [float(x) for x in args.loads.split(",")]:
+        evs = renamed(all_events, start_at, int(load * args.duration))
+        start_at += len(evs)
+        print(f"   [latency] {load:,.0f} events/s for {args.duration:.0f} s ...", flush=True)
+        r = open_loop(args.bootstrap, source, recs, evs, load, args.settle)
+        r["load_avg"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+        rows.append(r)
+        print(f"      p50 {r['p50_ms']} p95 {r['p95_ms']} p99 {r['p99_ms']} max {r['max_ms']} ms; "
+              f"out {r['output_per_s_in_window']:,}/s; lag at end {r['lag_at_end']:,}; "
+              f"unanswered {r['unanswered_after_settle']:,}", flush=True)
+    return rows
+
+
 def plots(result: dict, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -255,7 +272,7 @@ def plots(result: dict, out: Path) -> None:
     names = [n for n in CONTENDERS if n in rates]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     vals = [rates[n]["events_per_s"] for n in names]
-    ax.bar(names, vals, color=["#999", "#c96", "#69c", "#9c6", "#396"][:len(names)])
+    ax.bar(names, vals, color=["#999", "#c96", "#69c", "#9c6", "#bbb", "#396"][:len(names)])
     ax.set_yscale("log")
     ax.set_ylabel("events/s (log)")
     ax.set_title(f"max sustained throughput, {result['events']:,} MovieLens events, load {result['load_before']}")
@@ -265,19 +282,22 @@ def plots(result: dict, out: Path) -> None:
     fig.savefig(out / "throughput.png", dpi=110)
     plt.close(fig)
 
-    lat = result.get("latency") or []
-    if lat:
+    lats = result.get("latency") or {}
+    if lats:
         fig, ax = plt.subplots(figsize=(7, 3.6))
-        loads = [r["offered_per_s"] for r in lat]
-        for key, style in (("p50_ms", "o-"), ("p95_ms", "s-"), ("p99_ms", "^-"), ("max_ms", "x--")):
-            ax.plot(loads, [r[key] or float("nan") for r in lat], style, label=key.replace("_ms", ""))
+        for who, ls in zip(lats, ("-", "--")):
+            lat = lats[who]
+            loads = [r["offered_per_s"] for r in lat]
+            for key, marker in (("p50_ms", "o"), ("p99_ms", "^"), ("max_ms", "x")):
+                ax.plot(loads, [r[key] or float("nan") for r in lat], marker + ls,
+                        label=f"{who} {key.replace('_ms', '')}")
         ax.axhline(100, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(loads, [f"{x:,.0f}" for x in loads])
         ax.set_xlabel("offered load, events/s")
         ax.set_ylabel("event -> recommendation read, ms")
-        ax.set_title(f"worker-cooc, open loop, {result['duration_s']:.0f} s per load")
+        ax.set_title(f"open loop, {result['duration_s']:.0f} s per load, load {result['load_before']}")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "latency.png", dpi=110)
@@ -298,10 +318,13 @@ def main() -> int:
                     help="extra settings for both streamrec workers")
     ap.add_argument("--profile", type=float, default=0.0, metavar="S",
                     help="py-spy the worker-cooc drain for S seconds (raw folded stacks to --out)")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                    help="another checkout of streamrec (e.g. `git archive f867b67 | tar -x -C DIR`): its worker runs "
+                         "as before-cooc, on its own copy of the same events")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default var/bench/e2e-<time>)")
     args = ap.parse_args()
 
-    contenders = [c for c in args.contenders.split(",") if c]
+    contenders = [c for c in args.contenders.split(",") if c and (c != "before-cooc" or args.baseline)]
     unknown = set(contenders) - set(CONTENDERS)
     if unknown:
         raise SystemExit(f"unknown contenders {sorted(unknown)}; choose from {CONTENDERS}")
@@ -357,10 +380,15 @@ def main() -> int:
                     proc.stop()
             else:
                 scorer = c.split("-", 1)[1]
-                env = worker_env(base_env, args.bootstrap, prefix, f"e2e-{name}-{scorer}", tmp / c, scorer)
-                topics.apply(Settings.from_env(env))   # this app id's changelog topic
-                start = end_offsets(args.bootstrap, recs)
-                proc = run_worker(env, None)
+                wprefix = prefix if c != "before-cooc" else prefix + "before-"
+                env = worker_env(base_env, args.bootstrap, wprefix, f"e2e-{name}-{c}", tmp / c, scorer)
+                wsettings = Settings.from_env(env)
+                topics.apply(wsettings)   # this app id's changelog topic (and the baseline's own topics)
+                wsource, wrecs = wsettings.topic("interactions"), wsettings.topic("recommendations")
+                if wsource != source:
+                    produce(args.bootstrap, wsource, drain_events)
+                start = end_offsets(args.bootstrap, wrecs)
+                proc = run_worker(env, None, args.baseline if c == "before-cooc" else ROOT)
                 live = Proc(None, env, ROOT, log, proc)
                 spy = None
                 if args.profile and c == "worker-cooc":
@@ -368,28 +396,16 @@ def main() -> int:
                                             "-d", str(args.profile), "-r", "100", "-f", "raw",
                                             "-o", str(out / "worker-cooc.pyspy.txt")],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-                count, rate = drain_rate(args.bootstrap, recs, start, n, args.timeout, proc)
+                count, rate = drain_rate(args.bootstrap, wrecs, start, n, args.timeout, proc)
                 if spy is not None:
                     spy.wait()
-                if c != "worker-cooc" or not args.loads:
-                    live.stop()
-                    live = None
+                if c in LATENCY and args.loads:
+                    result.setdefault("latency", {})[c] = latency_phase(args, all_events, n, wsource, wrecs)
+                live.stop()
+                live = None
             result["throughput"][c] = {"events_per_s": round(rate), "out": count}
             print(f"[{c}] {rate:,.0f} events/s ({count:,}/{n:,} out)", flush=True)
 
-        if live is not None and args.loads:
-            start_at = n
-            result["latency"] = []
-            for load in [float(x) for x in args.loads.split(",")]:
-                evs = renamed(all_events, start_at, int(load * args.duration))
-                start_at += len(evs)
-                print(f"[latency] {load:,.0f} events/s for {args.duration:.0f} s ...", flush=True)
-                r = open_loop(args.bootstrap, source, recs, evs, load, args.settle)
-                r["load_avg"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-                result["latency"].append(r)
-                print(f"   p50 {r['p50_ms']} p95 {r['p95_ms']} p99 {r['p99_ms']} max {r['max_ms']} ms; "
-                      f"out {r['output_per_s_in_window']:,}/s; lag at end {r['lag_at_end']:,}; "
-                      f"unanswered {r['unanswered_after_settle']:,}", flush=True)
     finally:
         if live is not None:
             live.stop()
@@ -408,10 +424,11 @@ def main() -> int:
         ra = rates[a]["events_per_s"]
         cells = [f"{ra / rates[b]['events_per_s']:.2f}x" if rates[b]["events_per_s"] else "-" for b in names]
         print(f"| {a} | {ra:,} | " + " | ".join(cells) + " |")
-    if result.get("latency"):
-        print("\n| offered ev/s | output ev/s | p50 ms | p95 ms | p99 ms | max ms | lag at end | unanswered | load |")
+    for who, lat in (result.get("latency") or {}).items():
+        print(f"\n{who}, open loop:\n")
+        print("| offered ev/s | output ev/s | p50 ms | p95 ms | p99 ms | max ms | lag at end | unanswered | load |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for r in result["latency"]:
+        for r in lat:
             print(f"| {r['offered_per_s']:,.0f} | {r['output_per_s_in_window']:,} | {r['p50_ms']} | {r['p95_ms']} | "
                   f"{r['p99_ms']} | {r['max_ms']} | {r['lag_at_end']:,} | {r['unanswered_after_settle']:,} | "
                   f"{r['load_avg']} |")

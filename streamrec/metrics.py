@@ -18,7 +18,23 @@ COMPUTE = Histogram("streamrec_score_compute_seconds", "Scorer call duration", [
 FALLBACKS = Counter("streamrec_score_fallbacks_total", "Requests answered by the fallback scorer", ["reason"],
                     registry=REGISTRY)
 QUEUE_DEPTH = Gauge("streamrec_score_queue_depth", "Scoring requests waiting", registry=REGISTRY)
+EVENT_LATENCY = Histogram(
+    "streamrec_event_to_recommendation_seconds",
+    "From an event's Kafka record timestamp (when it was produced) to its recommendation being handed to the "
+    "producer: queueing in Kafka and the worker included", registry=REGISTRY,
+    buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
+CONSUMER_LAG = Gauge("streamrec_consumer_lag",
+                     "Records of an assigned interactions partition after this worker's committed offset "
+                     "(set when /metrics is read)", ["topic", "partition"], registry=REGISTRY)
 CATALOG_ITEMS = Gauge("streamrec_catalog_items", "Items in the catalog table", registry=REGISTRY)
+
+
+def set_consumer_lag(lags: dict[tuple[str, int], int]) -> None:
+    """Replace the lag gauges with ``lags`` ((topic, partition) -> records): partitions this worker no longer owns
+    disappear instead of showing their last value."""
+    CONSUMER_LAG.clear()
+    for (topic, partition), lag in lags.items():
+        CONSUMER_LAG.labels(topic, str(partition)).set(lag)
 
 
 def render() -> bytes:

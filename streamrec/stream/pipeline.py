@@ -36,6 +36,7 @@ class Message(Protocol):          # the parts of a Kafka record the pipeline rea
     topic: str
     partition: int
     offset: int
+    timestamp: float | None         # the record's Kafka timestamp, seconds (when it was produced)
 
 
 class Event(Protocol):            # a Faust event, or anything with a .message
@@ -84,7 +85,7 @@ class Pipeline:
         """
         settings = self.settings
         metrics.AGENT_BATCH.observe(len(batch))
-        applied: list[tuple[Any, dict, bool]] = []
+        applied: list[tuple[Any, Event, bool]] = []
         # Newest state of each user touched by this batch, and the event to write it under: the table (RocksDB
         # + changelog) is written once per user per batch, not once per event.
         dirty: dict[str, tuple[Event, dict]] = {}
@@ -119,20 +120,24 @@ class Pipeline:
                 self._applied.inc()
             else:
                 self._duplicate.inc()
-            applied.append((interaction, after, not is_new))
+            applied.append((interaction, event, not is_new))
         for user, (event, state) in dirty.items():
             self.store.put(event.message.key, encode_state(state), event)
         if not applied:
             return
         # Coalesce: one request per user, from their newest state; every event of theirs gets the answer.
-        latest = {i.user_id: s for i, s, _ in applied}
+        latest = {i.user_id: dirty[i.user_id][1] for i, _, _ in applied}
         users = list(latest)
         answers = dict(zip(users, await self.score([self.request(u, latest[u]) for u in users])))
-        for interaction, _, redelivered in applied:
+        observe_latency = metrics.EVENT_LATENCY.observe
+        for interaction, event, redelivered in applied:
             msg = messages.recommendation(interaction.user_id, answers[interaction.user_id],
                                           trigger_event_id=interaction.event_id,
                                           event_timestamp=interaction.timestamp, redelivered=redelivered)
             await self.sink.send(self.topics[RECOMMENDATIONS], interaction.user_id.encode(), messages.encode(msg))
+            produced = getattr(event.message, "timestamp", None)
+            if produced:
+                observe_latency(max(0.0, msg["generated_at"] - produced))
         metrics.RECOMMENDATIONS.inc(len(applied))
 
     def request(self, user_id: str, state: dict) -> ScoreRequest:

@@ -246,3 +246,39 @@ def test_requests_share_the_unavailable_set_instead_of_copying_it():
     p.apply_item("gone5", {"item_id": "gone5", "title": "back"})      # available again
     r3 = p.request("u1", decode_state(store.data[b"u1"]))
     assert "gone5" not in r3.exclude and "gone5" in r1.exclude       # a request keeps the view it was made with
+
+
+def test_event_to_recommendation_latency_is_measured_from_the_record_timestamp():
+    import time
+    from streamrec import metrics
+
+    def total():
+        [family] = [m for m in metrics.REGISTRY.collect() if m.name == "streamrec_event_to_recommendation_seconds"]
+        got = {s.name.rsplit("_", 1)[-1]: s.value for s in family.samples if not s.labels.get("le")}
+        return got["count"], got["sum"]
+
+    p, _, _ = make()
+    e = ev("u1", "a", 1)
+    e.message.timestamp = time.time() - 2.0   # produced two seconds ago
+    count, seconds = total()
+    run(p.handle_batch([e, ev("u1", "b", 2)]))   # the second has no record timestamp: not observed
+    count2, seconds2 = total()
+    assert count2 - count == 1 and 2.0 <= seconds2 - seconds < 10
+
+
+def test_consumer_lag_per_assigned_partition_of_the_interactions_topic():
+    from types import SimpleNamespace as NS
+    from streamrec import metrics
+    from streamrec.stream.app import consumer_lags
+    from collections import namedtuple
+    tp = namedtuple("TP", "topic partition")
+    a0, a1, a2, other = tp("interactions", 0), tp("interactions", 1), tp("interactions", 2), tp("items", 0)
+    consumer = NS(assignment=lambda: {a0, a1, a2, other}, highwater={a0: 100, a1: 50, a2: None, other: 9}.get,
+                  _committed_offset={a0: 40}, _read_offset={a1: 44})
+    lags = consumer_lags(consumer, "interactions")
+    assert lags == {("interactions", 0): 60, ("interactions", 1): 5}
+    metrics.set_consumer_lag(lags)
+    metrics.set_consumer_lag({("interactions", 1): 7})   # partition 0 moved away: its gauge goes
+    text = metrics.render().decode()
+    assert 'streamrec_consumer_lag{partition="1",topic="interactions"} 7.0' in text
+    assert 'partition="0"' not in text.split("streamrec_consumer_lag", 1)[1]
