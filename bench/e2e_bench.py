@@ -316,7 +316,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="longest drain of one contender")
     ap.add_argument("--worker-env", action="append", default=[], metavar="STREAMREC_X=V",
                     help="extra settings for both streamrec workers")
-    ap.add_argument("--profile", type=float, default=0.0, metavar="S",
+    ap.add_argument("--profile", type=int, default=0.0, metavar="S",
                     help="py-spy the worker-cooc drain for S seconds (raw folded stacks to --out)")
     ap.add_argument("--baseline", type=Path, default=None, metavar="DIR",
                     help="another checkout of streamrec (e.g. `git archive f867b67 | tar -x -C DIR`): its worker runs "
@@ -393,9 +393,9 @@ def main() -> int:
                 spy = None
                 if args.profile and c == "worker-cooc":
                     spy = subprocess.Popen([str(PEERS_VENV / "bin" / "py-spy"), "record", "-p", str(proc.pid),
-                                            "-d", str(args.profile), "-r", "100", "-f", "raw",
-                                            "-o", str(out / "worker-cooc.pyspy.txt")],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                            "-d", str(int(args.profile)), "-r", "100", "-f", "raw",
+                                            "-o", str((out / "worker-cooc.pyspy.txt").resolve())],
+                                           stdout=(out / "py-spy.log").open("wb"), stderr=subprocess.STDOUT)
                 count, rate = drain_rate(args.bootstrap, wrecs, start, n, args.timeout, proc)
                 if spy is not None:
                     spy.wait()
