@@ -19,6 +19,10 @@ KAFKA = ["kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "
 
 def cmd_worker(args) -> int:
     settings = from_args(args)
+    if settings.processes > 1:
+        import os
+        from streamrec.tools import processes
+        return processes.run(settings, dict(os.environ))
     from faust.worker import Worker
     from streamrec.stream.app import create_app
     app = create_app(settings)

@@ -40,6 +40,9 @@ class Settings:
     log_level: str = field(default="info", metadata={"help": "crit, error, warn, info or debug"})
     session_timeout_s: float = field(default=10.0, metadata={"help": "consumer group session timeout"})
     processing_guarantee: str = field(default="at_least_once", metadata={"help": "at_least_once or exactly_once"})
+    processes: int = field(default=1, metadata={
+        "help": "worker processes on this machine (one per core, at most the interactions partitions); each gets "
+                "data_dir/p<i> and web_port+i"})
     take_batch: int = field(default=256, metadata={"help": "events the agent takes from the stream per batch"})
     producer_linger_ms: int = field(default=5, metadata={"help": "how long the producer waits to fill a batch"})
     producer_compression: str = field(default="none", metadata={
