@@ -13,10 +13,12 @@ MovieLens ratings (``../shared/data/ml-latest-small/ratings.csv``, in timestamp 
      * ``faust-min``   a textbook Faust app: one ``async for`` step, one table write, one send per event;
      * ``quix``        a quixstreams app doing the same state work (RocksDB + changelog, no scoring): the peer;
      * ``worker-none`` the streamrec worker with ``STREAMREC_SCORER=none`` (everything but the scorer);
+     * ``before-cooc`` with ``--baseline DIR``: another checkout's worker (e.g. main before a change), on its own
+                   copy of the same events (its own topic prefix; it may lack ``scorer=none``);
      * ``worker-cooc`` the streamrec worker with the co-occurrence scorer.
    Each rate comes from the broker timestamps of the first and last message the contender wrote (start-up and
    group joins excluded), so every rate is comparable with every other; the table prints the ratios.
-2. **Open-loop latency.** The ``worker-cooc`` worker, warm from the drain, then gets events at fixed offered loads
+2. **Open-loop latency.** Each worker with a scorer (``before-cooc``, ``worker-cooc``), warm from its drain, gets events at fixed offered loads
    (``--loads``, ``--duration`` s each, the producer paced against the clock whether or not the worker keeps up)
    and the time from each event's send to its recommendation being read back is recorded (p50/p95/p99/max, the
    output rate, and the events still unanswered when the load window ended = the lag). Before the next load the
