@@ -79,18 +79,19 @@ class CooccurrenceScorer:
         limit = self.max_items + max(16, self.max_items // 4)
         if len(pop) > limit or len(self.cooc) > limit:
             self._forget_rare()
+        # Both directions of each pair, inlined (one event = up to 2 * window bumps: the scorer's hottest loop).
+        cooc, changes, cap = self.cooc, self._changes, 2 * self.max_neighbors
         for h in set(history[-self.window:]):
             if h == item_id:
                 continue
-            self._bump(h, item_id)
-            self._bump(item_id, h)
-
-    def _bump(self, a: str, b: str) -> None:
-        row = self.cooc[a]
-        row[b] += 1
-        self._changes[a] += 1
-        if len(row) > 2 * self.max_neighbors:
-            self.cooc[a] = Counter(dict(row.most_common(self.max_neighbors)))
+            for a, b in ((h, item_id), (item_id, h)):
+                row = cooc.get(a)
+                if row is None:
+                    row = cooc[a] = Counter()
+                row[b] = row.get(b, 0) + 1
+                changes[a] = changes.get(a, 0) + 1
+                if len(row) > cap:
+                    cooc[a] = Counter(dict(row.most_common(self.max_neighbors)))
 
     def _trim_popular(self) -> None:
         kept = heapq.nlargest(self.popular_n, self._popular.items(), key=_count)

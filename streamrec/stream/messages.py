@@ -13,16 +13,21 @@ from streamrec.scoring import Scored
 SCHEMA_VERSION = 1
 
 
+def ranked(scored: Scored) -> list[dict[str, Any]]:
+    """The message's ``items``: build once per answer when several events of a user share it."""
+    return [{"item_id": i, "score": round(float(s), 6), "rank": r} for r, (i, s) in enumerate(scored.items, start=1)]
+
+
 def recommendation(user_id: str, scored: Scored, *, trigger_event_id: str, event_timestamp: float,
-                   redelivered: bool = False, now: float | None = None) -> dict[str, Any]:
+                   redelivered: bool = False, now: float | None = None,
+                   items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     scorer: dict[str, Any] = {"name": scored.scorer, "version": scored.version, "fallback": scored.fallback}
     if scored.fallback_reason:
         scorer["fallback_reason"] = scored.fallback_reason
     msg = {
         "schema_version": SCHEMA_VERSION,
         "user_id": user_id,
-        "items": [{"item_id": i, "score": round(float(s), 6), "rank": r}
-                  for r, (i, s) in enumerate(scored.items, start=1)],
+        "items": ranked(scored) if items is None else items,
         "scorer": scorer,
         "trigger_event_id": trigger_event_id,
         "event_timestamp": event_timestamp,

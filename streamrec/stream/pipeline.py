@@ -129,12 +129,14 @@ class Pipeline:
         latest = {i.user_id: dirty[i.user_id][1] for i, _, _ in applied}
         users = list(latest)
         answers = dict(zip(users, await self.score([self.request(u, latest[u]) for u in users])))
+        ranked = {u: messages.ranked(a) for u, a in answers.items()}   # shared by all of a user's messages
         observe_latency = metrics.EVENT_LATENCY.observe
         for interaction, event, redelivered in applied:
-            msg = messages.recommendation(interaction.user_id, answers[interaction.user_id],
-                                          trigger_event_id=interaction.event_id,
-                                          event_timestamp=interaction.timestamp, redelivered=redelivered)
-            await self.sink.send(self.topics[RECOMMENDATIONS], interaction.user_id.encode(), messages.encode(msg))
+            user = interaction.user_id
+            msg = messages.recommendation(user, answers[user], trigger_event_id=interaction.event_id,
+                                          event_timestamp=interaction.timestamp, redelivered=redelivered,
+                                          items=ranked[user])
+            await self.sink.send(self.topics[RECOMMENDATIONS], user.encode(), messages.encode(msg))
             produced = getattr(event.message, "timestamp", None)
             if produced:
                 observe_latency(max(0.0, msg["generated_at"] - produced))
