@@ -312,6 +312,9 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--events", type=int, default=30_000, help="events each contender drains")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="drain rounds: the contenders take turns R times (load on a shared box drifts within "
+                         "minutes; turns spread it over all of them); rates are the medians")
     ap.add_argument("--loads", default="500,1000,2000,4000", help="offered loads of the latency phase, events/s")
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per offered load")
     ap.add_argument("--settle", type=float, default=60.0, help="longest wait for a load's backlog to drain")
@@ -358,54 +361,63 @@ def main() -> int:
                     "duration_s": args.duration, "worker_env": args.worker_env}
     live: Proc | None = None
     try:
-        for c in contenders:
-            print(f"[{c}] draining {n:,} events ...", flush=True)
-            log = out / f"{c}.log"
+        for rep, c in [(r, c) for r in range(args.repeat) for c in contenders]:
+            last = rep == args.repeat - 1
+            tag = f"{name}-{rep}"
+            print(f"[{c}] draining {n:,} events (round {rep + 1}/{args.repeat}) ...", flush=True)
+            log = out / f"{c}-{rep}.log"
             if c == "bare":
+                start = end_offsets(args.bootstrap, prefix + "bare-out")
                 asyncio.run(bare_loop(args.bootstrap, source, prefix + "bare-out", n))
-                count, rate = drain_rate(args.bootstrap, prefix + "bare-out", None, n, args.timeout)
+                count, rate = drain_rate(args.bootstrap, prefix + "bare-out", start, n, args.timeout)
             elif c == "faust-min":
-                env = dict(base_env, BENCH_APP_ID=f"e2e-{name}-faustmin", BENCH_BOOTSTRAP=args.bootstrap,
-                           BENCH_DATA_DIR=str(tmp / "faust-min"), BENCH_WEB_PORT=str(free_port()),
+                start = end_offsets(args.bootstrap, prefix + "faust-out")
+                env = dict(base_env, BENCH_APP_ID=f"e2e-{tag}-faustmin", BENCH_BOOTSTRAP=args.bootstrap,
+                           BENCH_DATA_DIR=str(tmp / f"faust-min-{rep}"), BENCH_WEB_PORT=str(free_port()),
                            BENCH_SOURCE=source, BENCH_SINK=prefix + "faust-out")
                 proc = Proc([sys.executable, "faust_minimal.py", "worker", "-l", "warn"], env, BENCH / "peers", log)
                 try:
-                    count, rate = drain_rate(args.bootstrap, prefix + "faust-out", None, n, args.timeout, proc.proc)
+                    count, rate = drain_rate(args.bootstrap, prefix + "faust-out", start, n, args.timeout, proc.proc)
                 finally:
                     proc.stop()
             elif c == "quix":
+                start = end_offsets(args.bootstrap, prefix + "quix-out")
                 proc = Proc([str(py_peers), "quix_app.py", args.bootstrap, source, prefix + "quix-out",
-                             f"e2e-{name}-quix", str(tmp / "quix")], base_env, BENCH / "peers", log)
+                             f"e2e-{tag}-quix", str(tmp / f"quix-{rep}")], base_env, BENCH / "peers", log)
                 try:
-                    count, rate = drain_rate(args.bootstrap, prefix + "quix-out", None, n, args.timeout, proc.proc)
+                    count, rate = drain_rate(args.bootstrap, prefix + "quix-out", start, n, args.timeout, proc.proc)
                 finally:
                     proc.stop()
             else:
                 scorer = c.split("-", 1)[1]
                 wprefix = prefix if c != "before-cooc" else prefix + "before-"
-                env = worker_env(base_env, args.bootstrap, wprefix, f"e2e-{name}-{c}", tmp / c, scorer)
+                env = worker_env(base_env, args.bootstrap, wprefix, f"e2e-{tag}-{c}", tmp / f"{c}-{rep}", scorer)
                 wsettings = Settings.from_env(env)
                 topics.apply(wsettings)   # this app id's changelog topic (and the baseline's own topics)
                 wsource, wrecs = wsettings.topic("interactions"), wsettings.topic("recommendations")
-                if wsource != source:
+                if wsource != source and rep == 0:
                     produce(args.bootstrap, wsource, drain_events)
                 start = end_offsets(args.bootstrap, wrecs)
                 proc = run_worker(env, None, args.baseline if c == "before-cooc" else ROOT)
                 live = Proc(None, env, ROOT, log, proc)
                 spy = None
-                if args.profile and c == "worker-cooc":
+                if args.profile and c == "worker-cooc" and last:
                     spy = subprocess.Popen([str(PEERS_VENV / "bin" / "py-spy"), "record", "-p", str(proc.pid),
                                             "-d", str(int(args.profile)), "-r", "100", "-f", "raw",
                                             "-o", str((out / "worker-cooc.pyspy.txt").resolve())],
                                            stdout=(out / "py-spy.log").open("wb"), stderr=subprocess.STDOUT)
                 count, rate = drain_rate(args.bootstrap, wrecs, start, n, args.timeout, proc)
-                if spy is not None:
+                if spy is not None and last:
                     spy.wait()
-                if c in LATENCY and args.loads:
+                if c in LATENCY and args.loads and last:
                     result.setdefault("latency", {})[c] = latency_phase(args, all_events, n, wsource, wrecs)
                 live.stop()
                 live = None
-            result["throughput"][c] = {"events_per_s": round(rate), "out": count}
+            runs = result["throughput"].setdefault(c, {"runs": [], "outs": []})
+            runs["runs"].append(round(rate))
+            runs["outs"].append(count)
+            runs["events_per_s"] = sorted(runs["runs"])[len(runs["runs"]) // 2]   # the median (upper, if even)
+            runs["out"] = min(runs["outs"])
             print(f"[{c}] {rate:,.0f} events/s ({count:,}/{n:,} out)", flush=True)
 
     finally:
@@ -420,12 +432,12 @@ def main() -> int:
     print(f"\n{result['date']}  {result['machine']}  load {load_before} -> {result['load_after']}")
     print(f"{n:,} events of {args.data.name}\n")
     names = [c for c in CONTENDERS if c in rates]
-    print("| contender | events/s | " + " | ".join(f"/ {c}" for c in names) + " |")
-    print("|---|---|" + "---|" * len(names))
+    print("| contender | events/s (median) | rounds | " + " | ".join(f"/ {c}" for c in names) + " |")
+    print("|---|---|---|" + "---|" * len(names))
     for a in names:
         ra = rates[a]["events_per_s"]
         cells = [f"{ra / rates[b]['events_per_s']:.2f}x" if rates[b]["events_per_s"] else "-" for b in names]
-        print(f"| {a} | {ra:,} | " + " | ".join(cells) + " |")
+        print(f"| {a} | {ra:,} | {' / '.join(f'{x:,}' for x in rates[a]['runs'])} | " + " | ".join(cells) + " |")
     for who, lat in (result.get("latency") or {}).items():
         print(f"\n{who}, open loop:\n")
         print("| offered ev/s | output ev/s | p50 ms | p95 ms | p99 ms | max ms | lag at end | unanswered | load |")
