@@ -104,10 +104,14 @@ def renamed(events: list[Interaction], start: int, n: int) -> list[Interaction]:
 # --- Kafka helpers ----------------------------------------------------------------------------------------------
 
 def create_topics(bootstrap: str, names: list[str], partitions: int = 4) -> None:
+    """Output topics of the peers. LogAppendTime: the broker stamps each message when it is written, whatever
+    timestamp the client sent (quixstreams, for one, forwards the input record's timestamp, which would time the
+    input producer instead of the peer)."""
     from kafka.admin import KafkaAdminClient, NewTopic
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+        admin.create_topics([NewTopic(n, partitions, 1, topic_configs={"message.timestamp.type": "LogAppendTime"})
+                             for n in names])
     finally:
         admin.close()
 
@@ -297,6 +301,7 @@ def plots(result: dict, out: Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(loads, [f"{x:,.0f}" for x in loads])
+        ax.minorticks_off()
         ax.set_xlabel("offered load, events/s")
         ax.set_ylabel("event -> recommendation read, ms")
         ax.set_title(f"open loop, {result['duration_s']:.0f} s per load, load {result['load_before']}")
