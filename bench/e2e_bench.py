@@ -15,7 +15,8 @@ MovieLens ratings (``../shared/data/ml-latest-small/ratings.csv``, in timestamp 
      * ``worker-none`` the streamrec worker with ``STREAMREC_SCORER=none`` (everything but the scorer);
      * ``before-cooc`` with ``--baseline DIR``: another checkout's worker (e.g. main before a change), on its own
                    copy of the same events (its own topic prefix; it may lack ``scorer=none``);
-     * ``worker-cooc`` the streamrec worker with the co-occurrence scorer.
+     * ``worker-cooc`` the streamrec worker with the co-occurrence scorer;
+     * ``worker2-cooc`` the same as two processes (``--processes 2``), not run unless asked for.
    Each rate comes from the broker timestamps of the first and last message the contender wrote (start-up and
    group joins excluded), so every rate is comparable with every other; the table prints the ratios.
 2. **Open-loop latency.** Each worker with a scorer (``before-cooc``, ``worker-cooc``), warm from its drain, gets events at fixed offered loads
@@ -62,7 +63,7 @@ from streamrec.stream import topics                                      # noqa:
 PEERS_VENV = BENCH / ".venv-peers"
 PEERS_PACKAGES = ["quixstreams==3.28.1", "py-spy==0.4.3"]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-latest-small" / "ratings.csv"
-CONTENDERS = ("bare", "faust-min", "quix", "worker-none", "before-cooc", "worker-cooc")
+CONTENDERS = ("bare", "faust-min", "quix", "worker-none", "before-cooc", "worker-cooc", "worker2-cooc")
 LATENCY = ("before-cooc", "worker-cooc")   # kept running after their drain for the open-loop loads
 
 
@@ -278,7 +279,7 @@ def plots(result: dict, out: Path) -> None:
     names = [n for n in CONTENDERS if n in rates]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     vals = [rates[n]["events_per_s"] for n in names]
-    ax.bar(names, vals, color=["#999", "#c96", "#69c", "#9c6", "#bbb", "#396"][:len(names)])
+    ax.bar(names, vals, color=["#999", "#c96", "#69c", "#9c6", "#bbb", "#396", "#264"][:len(names)])
     ax.set_yscale("log")
     ax.set_ylabel("events/s (log)")
     ax.set_title(f"max sustained throughput, {result['events']:,} MovieLens events, load {result['load_before']}")
@@ -316,7 +317,7 @@ def main() -> int:
     ap.add_argument("--bootstrap", default=os.environ.get("STREAMREC_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--events", type=int, default=30_000, help="events each contender drains")
-    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--contenders", default=",".join(CONTENDERS), help="default: all but worker2-cooc")
     ap.add_argument("--repeat", type=int, default=1,
                     help="drain rounds: the contenders take turns R times (load on a shared box drifts within "
                          "minutes; turns spread it over all of them); rates are the medians")
@@ -335,6 +336,8 @@ def main() -> int:
     args = ap.parse_args()
 
     contenders = [c for c in args.contenders.split(",") if c and (c != "before-cooc" or args.baseline)]
+    if args.contenders == ",".join(CONTENDERS):
+        contenders.remove("worker2-cooc")
     unknown = set(contenders) - set(CONTENDERS)
     if unknown:
         raise SystemExit(f"unknown contenders {sorted(unknown)}; choose from {CONTENDERS}")
@@ -397,6 +400,8 @@ def main() -> int:
                 scorer = c.split("-", 1)[1]
                 wprefix = prefix if c != "before-cooc" else prefix + "before-"
                 env = worker_env(base_env, args.bootstrap, wprefix, f"e2e-{tag}-{c}", tmp / f"{c}-{rep}", scorer)
+                if c == "worker2-cooc":
+                    env["STREAMREC_PROCESSES"] = "2"
                 wsettings = Settings.from_env(env)
                 topics.apply(wsettings)   # this app id's changelog topic (and the baseline's own topics)
                 wsource, wrecs = wsettings.topic("interactions"), wsettings.topic("recommendations")

@@ -211,7 +211,7 @@ class Pipeline:
 
     def apply_item(self, item_id: str, record: dict | None) -> None:
         """Every worker's view of the catalog: what not to recommend, and new items for the scorer (cold start)."""
-        gone = record is None or record.get("deleted") or not record.get("available", True)
+        gone = bool(record is None or record.get("deleted") or not record.get("available", True))
         if gone != (item_id in self.unavailable):
             (self.unavailable.add if gone else self.unavailable.discard)(item_id)
             self._unavailable_frozen = None
