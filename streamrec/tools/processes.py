@@ -31,8 +31,10 @@ def child_env(settings: Settings, index: int, base: dict[str, str]) -> dict[str,
 
 
 def run(settings: Settings, base_env: dict[str, str]) -> int:
-    children = [subprocess.Popen([sys.executable, "-m", "streamrec", "worker"], env=child_env(settings, i, base_env))
-                for i in range(settings.processes)]
+    envs = [child_env(settings, i, base_env) for i in range(settings.processes)]
+    for env in envs:   # Faust creates its data dir but not the parents
+        Path(env[env_name("data_dir")]).parent.mkdir(parents=True, exist_ok=True)
+    children = [subprocess.Popen([sys.executable, "-m", "streamrec", "worker"], env=env) for env in envs]
 
     def forward(signum, _frame) -> None:
         for c in children:
