@@ -16,6 +16,10 @@ from streamrec.config import KAFKA_SETTINGS as KAFKA, add_arguments, from_args
 
 def cmd_worker(args) -> int:
     settings = from_args(args)
+    if settings.processes > 1:
+        import os
+        from streamrec.tools import processes
+        return processes.run(settings, dict(os.environ))
     from faust.worker import Worker
     from streamrec.stream.app import create_app
     app = create_app(settings)

@@ -40,6 +40,9 @@ class Settings:
     log_level: str = field(default="info", metadata={"help": "crit, error, warn, info or debug"})
     session_timeout_s: float = field(default=10.0, metadata={"help": "consumer group session timeout"})
     processing_guarantee: str = field(default="at_least_once", metadata={"help": "at_least_once or exactly_once"})
+    processes: int = field(default=1, metadata={
+        "help": "worker processes on this machine (one per core, at most the interactions partitions); each gets "
+                "data_dir/p<i> and web_port+i"})
     take_batch: int = field(default=256, metadata={"help": "events the agent takes from the stream per batch"})
     producer_linger_ms: int = field(default=5, metadata={"help": "how long the producer waits to fill a batch"})
     producer_compression: str = field(default="none", metadata={
@@ -56,7 +59,7 @@ class Settings:
     recommend_seen: bool = field(default=False, metadata={
         "help": "may recommend items the user already interacted with (repeat consumption: food, music, news)"})
     scorer: str = field(default="auto", metadata={
-        "help": "auto (lm when model_dir holds a trained model, else cooc), lm or cooc"})
+        "help": "auto (lm when model_dir holds a trained model, else cooc), lm, cooc, or none (no scoring: empty answers, to measure the framework alone)"})
     model_dir: str = field(default="", metadata={"help": "trained item language model directory (streamrec train)"})
     backend: str = field(default="auto", metadata={
         "help": "auto (cuda-bf16 if a GPU is visible, else onnx-int8), torch, onnx, onnx-int8, cuda-bf16, cuda-fp8, "

@@ -22,7 +22,7 @@ import orjson
 from streamrec import metrics
 from streamrec.config import Settings
 from streamrec.events import InvalidEvent, parse_event
-from streamrec.scoring import CooccurrenceScorer, ScoreRequest, Scored
+from streamrec.scoring import CooccurrenceScorer, Exclusion, ScoreRequest, Scored
 from streamrec.stream import messages
 from streamrec.stream.catalog import validate_item
 from streamrec.stream.prequential import Prequential
@@ -38,6 +38,7 @@ class Message(Protocol):          # the parts of a Kafka record the pipeline rea
     topic: str
     partition: int
     offset: int
+    timestamp: float | None         # the record's Kafka timestamp, seconds (when it was produced)
 
 
 class Event(Protocol):            # a Faust event, or anything with a .message
@@ -69,6 +70,10 @@ class Pipeline:
         self.sink = sink
         self.catalog = {} if catalog is None else catalog
         self.unavailable: set[str] = set()   # never recommended: available=false or deleted in the catalog
+        # What requests see of it: a frozen copy, made once per burst of catalog changes rather than once per
+        # request, and safe to read from a scorer thread while the catalog agent changes ``unavailable``.
+        self._unavailable_frozen: frozenset[str] | None = frozenset()
+        self._catalog_size: int | None = None   # items in the catalog table, counted once, then kept up to date
         self.topics = {name: settings.topic(name) for name in (INTERACTIONS, RECOMMENDATIONS, DEAD_LETTER)}
         self.warmed: set[int] = set()        # user_state partitions whose histories the scorer has been taught
         self._taught: dict[int, dict[bytes, int]] = {}   # revoked partition -> user key -> events taught then
@@ -85,7 +90,7 @@ class Pipeline:
         """
         settings = self.settings
         metrics.AGENT_BATCH.observe(len(batch))
-        applied: list[tuple[Any, dict, bool]] = []
+        applied: list[tuple[Any, Event, bool]] = []
         # Newest state of each user touched by this batch, and the event to write it under: the table (RocksDB
         # + changelog) is written once per user per batch, not once per event.
         dirty: dict[str, tuple[Event, dict]] = {}
@@ -119,25 +124,31 @@ class Pipeline:
                 self._applied.inc()
             else:
                 self._duplicate.inc()
-            applied.append((interaction, after, not is_new))
+            applied.append((interaction, event, not is_new))
         for user, (event, state) in dirty.items():
             self.store.put(event.message.key, encode_state(state), event)
         if not applied:
             return
         # Coalesce: one request per user, from their newest state; every event of theirs gets the answer.
-        latest = {i.user_id: s for i, s, _ in applied}
+        latest = {i.user_id: dirty[i.user_id][1] for i, _, _ in applied}
         users = list(latest)
         answers = dict(zip(users, await self.score([self.request(u, latest[u]) for u in users])))
         for user, answer in answers.items():
             self.prequential.served(user, [i for i, _ in answer.items], answer.fallback)
         metrics.RECOMMENDED_ITEMS.set(len(self.prequential.stats.recommended))
-        because = {u: self.because(latest[u], answers[u]) for u in users} if settings.explain else {}
-        for interaction, _, redelivered in applied:
-            msg = messages.recommendation(interaction.user_id, answers[interaction.user_id],
-                                          trigger_event_id=interaction.event_id,
+        # one ranked list (with its reasons) per user, shared by all of their messages
+        ranked = {u: messages.ranked(a, self.because(latest[u], a) if settings.explain else None)
+                  for u, a in answers.items()}
+        observe_latency = metrics.EVENT_LATENCY.observe
+        for interaction, event, redelivered in applied:
+            user = interaction.user_id
+            msg = messages.recommendation(user, answers[user], trigger_event_id=interaction.event_id,
                                           event_timestamp=interaction.timestamp, redelivered=redelivered,
-                                          because=because.get(interaction.user_id))
-            await self.sink.send(self.topics[RECOMMENDATIONS], interaction.user_id.encode(), messages.encode(msg))
+                                          items=ranked[user])
+            await self.sink.send(self.topics[RECOMMENDATIONS], user.encode(), messages.encode(msg))
+            produced = getattr(event.message, "timestamp", None)
+            if produced:
+                observe_latency(max(0.0, msg["generated_at"] - produced))
         metrics.RECOMMENDATIONS.inc(len(applied))
 
     def judge(self, user_id: str, item_id: str) -> None:
@@ -152,9 +163,12 @@ class Pipeline:
             metrics.PREQ_FALLBACK.inc(int(self.prequential.last[user_id][1]))
 
     def request(self, user_id: str, state: dict) -> ScoreRequest:
-        seen = set() if self.settings.recommend_seen else seen_items(state)
+        frozen = self._unavailable_frozen
+        if frozen is None:
+            frozen = self._unavailable_frozen = frozenset(self.unavailable)
+        seen = frozenset() if self.settings.recommend_seen else seen_items(state)
         return ScoreRequest(user_id, tuple(history_items(state)), self.settings.top_k,
-                            frozenset(seen | self.unavailable), state["total"])
+                            Exclusion(seen, frozen), state["total"])
 
     def because(self, state: dict, answer: Scored) -> dict[str, list[dict[str, str]]]:
         """Why each item was recommended: the history item that co-occurred with it most (from the co-occurrence
@@ -226,14 +240,20 @@ class Pipeline:
             return
         # A deletion is kept as a marker record, not removed: a restarted worker must still know not to
         # recommend the item, long after Kafka has compacted a tombstone away.
+        if self._catalog_size is None:   # once: len() of a RocksDB table reads every key
+            self._catalog_size = len(self.catalog)
+        if item_id not in self.catalog:
+            self._catalog_size += 1
         self.catalog[item_id] = record if record is not None else {"item_id": item_id, "deleted": True}
         self.apply_item(item_id, record)
-        metrics.CATALOG_ITEMS.set(len(self.catalog))
+        metrics.CATALOG_ITEMS.set(self._catalog_size)
 
     def apply_item(self, item_id: str, record: dict | None) -> None:
         """Every worker's view of the catalog: what not to recommend, and new items for the scorer (cold start)."""
-        gone = record is None or record.get("deleted") or not record.get("available", True)
-        (self.unavailable.add if gone else self.unavailable.discard)(item_id)
+        gone = bool(record is None or record.get("deleted") or not record.get("available", True))
+        if gone != (item_id in self.unavailable):
+            (self.unavailable.add if gone else self.unavailable.discard)(item_id)
+            self._unavailable_frozen = None
         if hasattr(self.scorer, "on_item"):
             self.scorer.on_item(item_id, None if record is None or record.get("deleted") else record)
 

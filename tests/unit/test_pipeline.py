@@ -327,6 +327,76 @@ def test_explain_off_leaves_items_bare():
     p, _, sink = make(explain=False)
     run(p.handle_batch([ev(f"w{n}", i, t) for n in range(3) for t, i in enumerate(["a", "b"])] + [ev("u", "a", 9)]))
     assert all("because" not in i for _, m in sink.on("recommendations") for i in m["items"])
-    with pytest.raises(StateError):
-        run(p.warm_partitions({0}, lambda _: [(b"u", b"\x00garbage")]))
-    assert p.warmed == set()
+
+
+class CountingCatalog(dict):
+    """A catalog table whose len() is counted: on a RocksDB table it reads every key."""
+
+    lens = 0
+
+    def __len__(self):
+        CountingCatalog.lens += 1
+        return super().__len__()
+
+
+def test_catalog_size_is_counted_incrementally_not_by_scanning_the_table():
+    from streamrec import metrics
+    catalog = CountingCatalog({"old": {"item_id": "old"}})
+    p = Pipeline(Settings(), CooccurrenceScorer(), DictStore(), ListSink(), catalog)
+    CountingCatalog.lens = 0
+    for i in range(50):
+        run(p.handle_item(raw(orjson.dumps({"schema_version": 1, "item_id": f"i{i}", "title": "T"}), f"i{i}".encode(), "items")))
+    run(p.handle_item(raw(orjson.dumps({"schema_version": 1, "item_id": "i3", "title": "T2"}), b"i3", "items")))
+    run(p.handle_item(raw(None, b"old", "items")))   # a deletion stays as a marker record: still one row
+    assert CountingCatalog.lens <= 1
+    assert metrics.CATALOG_ITEMS._value.get() == dict.__len__(catalog) == 51
+
+
+def test_requests_share_the_unavailable_set_instead_of_copying_it():
+    p, store, _ = make()
+    for i in range(1000):
+        p.apply_item(f"gone{i}", None)
+    run(p.handle_batch([ev("u1", "a", 1), ev("u1", "b", 2)]))
+    r1, r2 = p.request("u1", decode_state(store.data[b"u1"])), p.request("u2", {"history": [], "total": 0})
+    assert r1.exclude.unavailable is r2.exclude.unavailable           # one shared copy, not one per request
+    assert "a" in r1.exclude and "gone5" in r1.exclude and "gone5" in r2.exclude and "a" not in r2.exclude
+    assert len(r1.exclude) == 1002 and set(r1.exclude) == {"a", "b"} | {f"gone{i}" for i in range(1000)}
+    p.apply_item("gone5", {"item_id": "gone5", "title": "back"})      # available again
+    r3 = p.request("u1", decode_state(store.data[b"u1"]))
+    assert "gone5" not in r3.exclude and "gone5" in r1.exclude       # a request keeps the view it was made with
+
+
+def test_event_to_recommendation_latency_is_measured_from_the_record_timestamp():
+    import time
+    from streamrec import metrics
+
+    def total():
+        [family] = [m for m in metrics.REGISTRY.collect() if m.name == "streamrec_event_to_recommendation_seconds"]
+        got = {s.name.rsplit("_", 1)[-1]: s.value for s in family.samples if not s.labels.get("le")}
+        return got["count"], got["sum"]
+
+    p, _, _ = make()
+    e = ev("u1", "a", 1)
+    e.message.timestamp = time.time() - 2.0   # produced two seconds ago
+    count, seconds = total()
+    run(p.handle_batch([e, ev("u1", "b", 2)]))   # the second has no record timestamp: not observed
+    count2, seconds2 = total()
+    assert count2 - count == 1 and 2.0 <= seconds2 - seconds < 10
+
+
+def test_consumer_lag_per_assigned_partition_of_the_interactions_topic():
+    from types import SimpleNamespace as NS
+    from streamrec import metrics
+    from streamrec.stream.app import consumer_lags
+    from collections import namedtuple
+    tp = namedtuple("TP", "topic partition")
+    a0, a1, a2, other = tp("interactions", 0), tp("interactions", 1), tp("interactions", 2), tp("items", 0)
+    consumer = NS(assignment=lambda: {a0, a1, a2, other}, highwater={a0: 100, a1: 50, a2: None, other: 9}.get,
+                  _committed_offset={a0: 40}, _read_offset={a1: 44})
+    lags = consumer_lags(consumer, "interactions")
+    assert lags == {("interactions", 0): 60, ("interactions", 1): 5}
+    metrics.set_consumer_lag(lags)
+    metrics.set_consumer_lag({("interactions", 1): 7})   # partition 0 moved away: its gauge goes
+    text = metrics.render().decode()
+    assert 'streamrec_consumer_lag{partition="1",topic="interactions"} 7.0' in text
+    assert 'partition="0"' not in text.split("streamrec_consumer_lag", 1)[1]
