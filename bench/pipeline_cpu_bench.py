@@ -61,7 +61,7 @@ def child(data: Path, n: int, batch: int, scorer: str) -> dict:
         sc = NullScorer()
     else:
         sc = CooccurrenceScorer()
-    p = Pipeline(Settings(), sc, Store(), Sink())
+    p = Pipeline(Settings.from_env(), sc, Store(), Sink())   # STREAMREC_* of the contender (--also)
     evs = [Ev(Msg(e.user_id.encode(), e.to_bytes(), k)) for k, e in enumerate(events)]
 
     async def go() -> float:
@@ -82,18 +82,24 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scorer", default="cooc", choices=["cooc", "none"])
     ap.add_argument("--baseline", type=Path)
+    ap.add_argument("--also", action="append", default=[], metavar="NAME:STREAMREC_X=V[,STREAMREC_Y=W]",
+                    help="another contender: this checkout with these settings (e.g. noexplain:STREAMREC_EXPLAIN=false)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.data, args.events, args.batch, args.scorer)))
         return 0
-    checkouts = ([("before", args.baseline.resolve())] if args.baseline else []) + [("after", ROOT)]
-    results: dict[str, list[float]] = {name: [] for name, _ in checkouts}
+    checkouts = ([("before", args.baseline.resolve(), {})] if args.baseline else []) + [("after", ROOT, {})]
+    for spec in args.also:
+        name, _, settings = spec.partition(":")
+        checkouts.append((name, ROOT, dict(kv.split("=", 1) for kv in settings.split(",") if kv)))
+    results: dict[str, list[float]] = {name: [] for name, _, _ in checkouts}
     for r in range(args.rounds):
-        for name, src in checkouts:
+        for name, src, extra in checkouts:
             out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--data", str(args.data),
                                   "--events", str(args.events), "--batch", str(args.batch), "--scorer", args.scorer],
-                                 env=dict(os.environ, PYTHONPATH=str(src)), cwd=src, capture_output=True, text=True)
+                                 env=dict(os.environ, PYTHONPATH=str(src), **extra), cwd=src, capture_output=True,
+                                 text=True)
             if out.returncode:
                 raise SystemExit(out.stderr)
             row = json.loads(out.stdout.strip().splitlines()[-1])
