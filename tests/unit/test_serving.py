@@ -13,8 +13,9 @@ from streamrec.config import Settings
 from streamrec.model.export import export
 from streamrec.model.itemlm import ItemLM, ItemLMConfig, ItemVocab
 from streamrec.scoring import CooccurrenceScorer, ScoreRequest
-from streamrec.serve import backends
-from streamrec.serve.backends import OrtBackend, QuantLinear, TorchBackend
+from streamrec.serve import torch_backends
+from streamrec.serve.backends import OrtBackend
+from streamrec.serve.torch_backends import QuantLinear, TorchBackend
 from streamrec.serve.lm import LMScorer, build_lm_scorer, length_buckets, resolve_backend
 
 N_ITEMS = 120
@@ -312,7 +313,7 @@ def test_a_training_artefact_directory_is_accepted(model_dir, tmp_path):
 @pytest.mark.parametrize("rows", [1, 40])
 @pytest.mark.parametrize("rowwise", [True, False])
 def test_quant_linear_is_close_to_linear(mode, tol, rows, rowwise, monkeypatch):
-    monkeypatch.setitem(backends._ROWWISE, "cpu", rowwise)   # False: the tensor-wise GEMM + fp32 rescale path
+    monkeypatch.setitem(torch_backends._ROWWISE, "cpu", rowwise)   # False: the tensor-wise GEMM + fp32 rescale path
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 48, bias=True)
     x = torch.randn(rows, 64)
