@@ -15,6 +15,7 @@ import fnmatch
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -35,7 +36,7 @@ DEFAULTS = config.Settings()
 WEB_PORT = DEFAULTS.web_port
 STREAMREC_VAR = re.compile(r"\bSTREAMREC_[A-Z0-9_]*[A-Z0-9]\b")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-IMAGE_TARGETS = {"cpu", "gpu"}            # build targets whose ENTRYPOINT is `streamrec`
+IMAGE_TARGETS = {"cpu", "gpu"}            # build targets whose ENTRYPOINT is `streamrec` (train: FROM cpu)
 REQUIRED_SERVICES = {"kafka": None, "topics": None, "worker-cpu": "cpu", "worker-gpu": "gpu", "replay": "demo",
                      "tests": "test"}
 
@@ -103,7 +104,7 @@ def under(path: str, directory: str) -> bool:
 def streamrec_services(services: dict) -> dict[str, dict]:
     """Services that run the streamrec image with its `streamrec` ENTRYPOINT."""
     return {name: s for name, s in services.items()
-            if (s.get("build") or {}).get("target") in IMAGE_TARGETS and "entrypoint" not in s}
+            if (s.get("build") or {}).get("target") in IMAGE_TARGETS | {"train"} and "entrypoint" not in s}
 
 
 @pytest.fixture(scope="module")
@@ -771,3 +772,24 @@ def test_k8s_manifests_are_namespace_agnostic_and_listed(k8s, kustomization):
             f"Secret {name}: values must be clearly marked as examples"
     for name, sts in statefulsets(k8s).items():
         assert sts["spec"].get("volumeClaimTemplates"), f"{name}: no volumeClaimTemplates for RocksDB"
+
+
+def test_cpu_image_has_no_torch_and_train_export_use_the_torch_image(services):
+    """The lean cpu target installs only the base dependencies (no torch); training and export need the `torch`
+    extra, so their services run the `train` target, which is the cpu image plus that extra."""
+    stages = dockerfile_stages()
+    cpu_runs = " ".join(rest for stage in stage_chain(stages, "builder-cpu") for op, rest in stage.instructions
+                        if op == "RUN")
+    assert "--extra" not in cpu_runs and "TORCH_INDEX_URL" not in cpu_runs, "the cpu builder installs torch"
+    assert "find_spec" in cpu_runs, "the cpu build no longer checks that torch is absent"
+    assert stages["train"].base == "cpu" and stages["test"].base == "train"
+    train_runs = " ".join(rest for op, rest in stages["train"].instructions if op == "RUN")
+    assert "--extra torch" in train_runs and "TORCH_INDEX_URL" in train_runs
+    for name in ("train", "export"):
+        assert services[name]["build"]["target"] == "train", name
+    for name in ("topics", "worker-cpu", "demo-data", "catalog", "replay"):
+        assert services[name]["build"]["target"] == "cpu", name
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = " ".join(extras["dependencies"])
+    assert "torch" not in base and "transformers" not in base
+    assert any(d.startswith("torch") for d in extras["optional-dependencies"]["torch"])
