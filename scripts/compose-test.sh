@@ -59,12 +59,16 @@ cleanup() {
         if [ "$rc" != 0 ]; then
             log "failure in: ${FAILED_STEP:-?}; service states and logs follow"
             dc --profile cpu --profile test --profile train --profile demo ps -a >&2
-            for svc in $(dc --profile cpu --profile test --profile train --profile demo ps -a \
-                           --format '{{.Service}} {{.State}} {{.ExitCode}}' 2>/dev/null \
-                         | awk '$2 != "running" && $3 != 0 {print $1} $2 == "running" {print $1}' | sort -u); do
-                echo "======== logs of $svc (last 150 lines)" >&2
-                dc --profile cpu --profile test --profile train --profile demo logs --no-color --tail 150 "$svc" >&2
-            done
+            # failed one-shots in full (150 lines), the running services' recent past (60)
+            dc --profile cpu --profile test --profile train --profile demo ps -a \
+                --format '{{.Service}} {{.State}} {{.ExitCode}}' 2>/dev/null | sort -u \
+              | while read -r svc state code; do
+                    if [ "$state" != running ] && [ "$code" != 0 ]; then n=150
+                    elif [ "$state" = running ]; then n=60
+                    else continue; fi
+                    echo "======== logs of $svc ($state, exit $code; last $n lines)" >&2
+                    dc --profile cpu --profile test --profile train --profile demo logs --no-color --tail "$n" "$svc" >&2
+                done
         fi
         log "docker compose down -v"
         dc --profile cpu --profile test --profile train --profile demo down -v --remove-orphans --timeout 30 \

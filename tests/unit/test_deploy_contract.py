@@ -694,7 +694,7 @@ def test_dockerfile_entrypoint_cmd_ports_and_healthcheck(parser):
         health = effective(stages, target, "HEALTHCHECK")
         assert health and "/ready" in health and "/ready" in pages
         assert env.get("STREAMREC_WEB_HOST") == "0.0.0.0"
-        created = " ".join(rest for op, rest in stages[target].instructions if op == "RUN")
+        created = " ".join(rest for st in stage_chain(stages, target) for op, rest in st.instructions if op == "RUN")
         for path in (env["STREAMREC_DATA_DIR"], "/models"):
             assert path in created.split("mkdir", 1)[1], f"{target}: {path} is not created (and chowned) in the image"
 
@@ -716,12 +716,13 @@ def test_image_keeps_topics_where_settings_look(services, k8s):
     REPO_ROOT/topics/schemas: the image installs streamrec editable from /app, so REPO_ROOT is /app."""
     stages = dockerfile_stages()
     for builder in ("builder-cpu", "builder-gpu"):
-        instructions = stages[builder].instructions
+        instructions = [i for st in stage_chain(stages, builder) for i in st.instructions]
         assert ("WORKDIR", "/app") in instructions
         assert any(op == "COPY" and rest.split()[0].rstrip("/") == "topics" for op, rest in instructions)
         assert any(op == "RUN" and "-e /app" in rest for op, rest in instructions), f"{builder}: not editable"
     for target in IMAGE_TARGETS:
-        assert any(op == "COPY" and "/app" in rest.split()[-1] for op, rest in stages[target].instructions)
+        assert any(op == "COPY" and "/app" in rest.split()[-1]
+                   for st in stage_chain(stages, target) for op, rest in st.instructions)
     # and nobody points STREAMREC_TOPICS_FILE elsewhere
     values = [env_of(s).get("STREAMREC_TOPICS_FILE") for s in services.values()]
     for sts in statefulsets(k8s).values():
@@ -778,13 +779,20 @@ def test_cpu_image_has_no_torch_and_train_export_use_the_torch_image(services):
     """The lean cpu target installs only the base dependencies (no torch); training and export need the `torch`
     extra, so their services run the `train` target, which is the cpu image plus that extra."""
     stages = dockerfile_stages()
-    cpu_runs = " ".join(rest for stage in stage_chain(stages, "builder-cpu") for op, rest in stage.instructions
-                        if op == "RUN")
-    assert "--extra" not in cpu_runs and "TORCH_INDEX_URL" not in cpu_runs, "the cpu builder installs torch"
+
+    def runs(name):
+        return " ".join(rest for st in stage_chain(stages, name) for op, rest in st.instructions if op == "RUN")
+
+    def copied_from(name):
+        return {rest.split()[0].split("=", 1)[1] for st in stage_chain(stages, name) for op, rest in st.instructions
+                if op == "COPY" and rest.startswith("--from=")}
+
+    cpu_runs = runs("cpu") + runs("builder-cpu")
+    assert "--extra" not in cpu_runs and "TORCH_INDEX_URL" not in cpu_runs, "the cpu image installs torch"
     assert "find_spec" in cpu_runs, "the cpu build no longer checks that torch is absent"
-    assert stages["train"].base == "cpu" and stages["test"].base == "train"
-    train_runs = " ".join(rest for op, rest in stages["train"].instructions if op == "RUN")
-    assert "--extra torch" in train_runs and "TORCH_INDEX_URL" in train_runs
+    assert copied_from("cpu") == {"builder-cpu"}
+    assert "--extra torch" in runs("deps-train") and "TORCH_INDEX_URL" in runs("deps-train")
+    assert "deps-train" in copied_from("train") and stages["test"].base == "train"
     for name in ("train", "export"):
         assert services[name]["build"]["target"] == "train", name
     for name in ("topics", "worker-cpu", "demo-data", "catalog", "replay"):
