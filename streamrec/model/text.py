@@ -172,7 +172,8 @@ def export_encoder(out_dir: str | Path, model: str | Path | None = None, check_t
         warnings.simplefilter("ignore")
         torch.onnx.export(Hidden(transformer), tuple(batch[n] for n in names), str(out / MODEL), dynamo=False,
                           input_names=names, output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=18)
-    meta = {"source": str(model or BUNDLED), "dim": int((getattr(enc, "get_embedding_dimension", None) or enc.get_sentence_embedding_dimension)()),
+    dim = getattr(enc, "get_embedding_dimension", None) or enc.get_sentence_embedding_dimension   # ST >= 6 / older
+    meta = {"source": str(model or BUNDLED), "dim": int(dim()),
             "max_seq_length": int(enc.max_seq_length), "pooling": "mean", "normalize": True, "inputs": names,
             "pad_id": int(tok.pad_token_id or 0), "pad_token": str(tok.pad_token or "[PAD]")}
     (out / META).write_text(json.dumps(meta, indent=2))

@@ -41,7 +41,8 @@ class OnnxTextEncoder:
         self.batch_size = batch_size
         self.tokenizer = Tokenizer.from_file(str(d / TOKENIZER))
         self.tokenizer.enable_truncation(int(self.meta["max_seq_length"]))
-        self.tokenizer.enable_padding(pad_id=int(self.meta.get("pad_id", 0)), pad_token=self.meta.get("pad_token", "[PAD]"))
+        self.tokenizer.enable_padding(pad_id=int(self.meta.get("pad_id", 0)),
+                                      pad_token=self.meta.get("pad_token", "[PAD]"))
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1

@@ -30,12 +30,12 @@ directory if present); before any count exists, the model's own average next-ite
 
 Cold start: ``on_item(item_id, record)`` queues an unknown item with its title; before the next scoring call the
 queue (up to 256 items per call) is embedded in one ``text.embed_texts`` call -- the text the trainer embedded:
-``text.clean_title(title)`` with the encoder named in ``train_config.json``, run by ONNX Runtime when ``streamrec
-export`` left it in ``onnx/text-encoder/`` (``text_onnx.py``), else by sentence-transformers -- appended with ``ItemLM.add_items`` +
-``set_item_text`` and the item table is recomputed. Every backend takes the item table as data (the ONNX graphs
-take it as an input, see ``export.py``), so new items are readable in histories and recommendable at once,
-with no re-export. Needs a model trained with text (``text_dim > 0``); otherwise unknown items are ignored. The
-additions live in memory only (the next training run learns them properly).
+``text.clean_title(title)`` with the encoder named in ``train_config.json`` (run by ONNX Runtime when ``streamrec
+export`` left it in ``onnx/text-encoder/``, see ``text_onnx.py``; else by sentence-transformers) -- appended with
+``ItemLM.add_items`` + ``set_item_text`` and the item table is recomputed. Every backend takes the item table as
+data (the ONNX graphs take it as an input, see ``export.py``), so new items are readable in histories and
+recommendable at once, with no re-export. Needs a model trained with text (``text_dim > 0``); otherwise unknown
+items are ignored. The additions live in memory only (the next training run learns them properly).
 
 No torch on the ONNX path: with ``onnx``/``onnx-int8`` the model is read as an ``ItemTable`` (numpy, from the
 safetensors file) instead of an ``ItemLM``, and torch is imported only for the torch backends (and for an export
