@@ -306,4 +306,6 @@ STREAMREC_COMPOSE="$RUN_DIR/compose" STREAMREC_COMPOSE_MODEL="${STREAMREC_COMPOS
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     "$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider -ra -m compose tests/compose "$@"
 FAILED_STEP=""
+# The cache keeps growing by one set of small source layers per code change: drop the untagged old images.
+docker image prune -f >/dev/null 2>&1 || true
 log "all compose checks passed"
