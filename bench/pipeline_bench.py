@@ -117,12 +117,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_worker(env: dict, profile: Path | None) -> subprocess.Popen:
+def run_worker(env: dict, profile: Path | None, cwd: Path = ROOT) -> subprocess.Popen:
+    """A ``streamrec worker`` subprocess, once ready; ``cwd``: the checkout whose streamrec it runs."""
     cmd = [sys.executable]
     if profile:
         cmd += ["-m", "cProfile", "-o", str(profile)]
     cmd += ["-m", "streamrec", "worker"]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{env['STREAMREC_WEB_PORT']}/ready"
     for _ in range(480):
         if proc.poll() is not None:

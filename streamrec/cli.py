@@ -10,15 +10,16 @@ from pathlib import Path
 
 from streamrec import __version__
 from streamrec.model import cli as model_cli
-from streamrec.config import add_arguments, from_args
+from streamrec.config import KAFKA_SETTINGS as KAFKA, add_arguments, from_args
 
-KAFKA = ["kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
-         "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "topic_prefix",
-         "topics_file", "app_id"]
 
 
 def cmd_worker(args) -> int:
     settings = from_args(args)
+    if settings.processes > 1:
+        import os
+        from streamrec.tools import processes
+        return processes.run(settings, dict(os.environ))
     from faust.worker import Worker
     from streamrec.stream.app import create_app
     app = create_app(settings)
@@ -77,6 +78,67 @@ def cmd_tail(args) -> int:
     return 0
 
 
+def cmd_prequential(args) -> int:
+    from streamrec.model.datasets import read_events
+    from streamrec.tools.prequential import prequential
+    settings = from_args(args)
+    events = read_events(args.file, args.format)
+    if args.limit:
+        events = events[: args.limit]
+    warmup = int(len(events) * args.warmup_share) if args.warmup_share else args.warmup
+    retrain = _retrainer(settings, args) if args.retrain_every else None
+    report = prequential(settings, events, batch=args.batch, progress=not args.quiet, warmup=warmup,
+                         retrain=retrain, retrain_every=args.retrain_every)
+    text = json.dumps({"data": str(args.file), **report}, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def _retrainer(settings, args):
+    """Periodic retraining for ``streamrec prequential``: each call continues the current model on every event
+    streamed so far (``train(init_from=...)``, the previous recipe, ``--retrain-epochs`` epochs) into a new
+    versioned directory, and returns the scorer the worker would build from it."""
+    import dataclasses
+    import tempfile
+
+    from streamrec.model.datasets import sequences
+    from streamrec.model.train import train
+    from streamrec.model.train_config import TrainConfig
+    from streamrec.serve.build import build_scorer
+
+    if not settings.model_dir:
+        raise SystemExit("--retrain-every needs --model-dir (the model to start from)")
+    base = Path(settings.model_dir)
+    recipe = json.loads((base / "train_config.json").read_text())
+    cfg = dataclasses.replace(TrainConfig.from_dict(recipe), epochs=args.retrain_epochs, patience=args.retrain_epochs,
+                              max_minutes=0)
+    work = Path(args.retrain_dir or tempfile.mkdtemp(prefix="streamrec-retrain-"))
+    current = [base]
+
+    def retrain(events):
+        out = work / f"v{len(current)}"
+        train(cfg, sequences(events), out, init_from=current[-1], progress=False, dataset_name="stream")
+        current.append(out)
+        logging.getLogger(__name__).info("retrained on %d events -> %s", len(events), out)
+        return build_scorer(dataclasses.replace(settings, model_dir=str(out), scorer="lm"))
+
+    return retrain
+
+
+def cmd_split(args) -> int:
+    from streamrec.model.datasets import read_events
+    events = read_events(args.file, args.format)
+    cut = int(len(events) * args.share)
+    with open(args.out, "wb") as f:
+        for e in events[:cut]:
+            f.write(e.to_bytes() + b"\n")
+    print(f"wrote the first {cut} of {len(events)} events (time order) of {args.file} to {args.out}")
+    return 0
+
+
 def cmd_generate(args) -> int:
     from streamrec.model.datasets import synthetic, synthetic_titles, write_sequences
     seqs = synthetic(args.users, args.items, args.length, seed=args.seed)
@@ -126,6 +188,38 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--json", action="store_true", help="print raw JSON messages")
     add_arguments(tl, KAFKA)
     tl.set_defaults(func=cmd_tail)
+
+    q = sub.add_parser("prequential", help="replay a data file through the worker's pipeline offline and report "
+                                           "the quality of what it served (each event judges the user's last list)")
+    q.add_argument("file", help="ratings.dat, u.data, ratings.csv, sequence .txt, CSV or JSONL (time order)")
+    q.add_argument("--format", default="auto",
+                   choices=["auto", "jsonl", "movielens-dat", "movielens-100k", "csv", "sequences"])
+    q.add_argument("--batch", type=int, default=64, help="events per pipeline batch (the worker's take batches)")
+    q.add_argument("--limit", type=int, default=0, help="only the first N events (after sorting by time)")
+    q.add_argument("--warmup", type=int, default=0, help="apply the first N events without judging them")
+    q.add_argument("--warmup-share", type=float, default=0.0,
+                   help="same, as a share of the events (0.5: judge the second half, e.g. after training on the "
+                        "first half with `streamrec split`)")
+    q.add_argument("--retrain-every", type=int, default=0, metavar="N",
+                   help="after every N judged events, continue the model (--model-dir) on all events so far and "
+                        "swap it in (periodic retraining; 0 = frozen)")
+    q.add_argument("--retrain-epochs", type=int, default=3, help="epochs per retraining")
+    q.add_argument("--retrain-dir", help="where the retrained versions go [default: a temporary directory]")
+    q.add_argument("--json", help="also write the report here")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(q, ["scorer", "model_dir", "top_k", "recommend_seen", "explain", "history_size", "dedupe_window", "max_event_bytes",
+                      "scorer_threads", "group_lengths", "backend", "reranker_dir", "rerank_candidates", "max_batch_size",
+                      "max_wait_ms", "max_queue", "scorer_timeout_s"])
+    q.set_defaults(func=cmd_prequential)
+
+    s = sub.add_parser("split", help="write the first share of a data file's events (time order) as JSONL, e.g. "
+                                     "to train on the past and replay the rest (prequential)")
+    s.add_argument("file")
+    s.add_argument("--format", default="auto",
+                   choices=["auto", "jsonl", "movielens-dat", "movielens-100k", "csv", "sequences"])
+    s.add_argument("--share", type=float, default=0.5)
+    s.add_argument("--out", required=True, help="JSONL file (streamrec train/eval/replay read it)")
+    s.set_defaults(func=cmd_split)
 
     g = sub.add_parser("generate", help="write a synthetic sequence data set (for demos and tests)")
     g.add_argument("out")

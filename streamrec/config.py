@@ -40,6 +40,9 @@ class Settings:
     log_level: str = field(default="info", metadata={"help": "crit, error, warn, info or debug"})
     session_timeout_s: float = field(default=10.0, metadata={"help": "consumer group session timeout"})
     processing_guarantee: str = field(default="at_least_once", metadata={"help": "at_least_once or exactly_once"})
+    processes: int = field(default=1, metadata={
+        "help": "worker processes on this machine (one per core, at most the interactions partitions); each gets "
+                "data_dir/p<i> and web_port+i"})
     take_batch: int = field(default=256, metadata={"help": "events the agent takes from the stream per batch"})
     producer_linger_ms: int = field(default=5, metadata={"help": "how long the producer waits to fill a batch"})
     producer_compression: str = field(default="none", metadata={
@@ -51,8 +54,12 @@ class Settings:
     max_event_bytes: int = field(default=16384, metadata={"help": "larger events go to the dead-letter topic"})
     # --- scoring ------------------------------------------------------------------------------
     top_k: int = field(default=10, metadata={"help": "items per recommendation"})
+    explain: bool = field(default=True, metadata={
+        "help": "each recommended item carries the history item behind it (and its title when known)"})
+    recommend_seen: bool = field(default=False, metadata={
+        "help": "may recommend items the user already interacted with (repeat consumption: food, music, news)"})
     scorer: str = field(default="auto", metadata={
-        "help": "auto (lm when model_dir holds a trained model, else cooc), lm or cooc"})
+        "help": "auto (lm when model_dir holds a trained model, else cooc), lm, cooc, or none (no scoring: empty answers, to measure the framework alone)"})
     model_dir: str = field(default="", metadata={"help": "trained item language model directory (streamrec train)"})
     backend: str = field(default="auto", metadata={
         "help": "auto (cuda-bf16 if a GPU is visible, else onnx-int8), torch, onnx, onnx-int8, cuda-bf16, cuda-fp8, "
@@ -106,8 +113,24 @@ class Settings:
         return d
 
 
+# The settings every Kafka client of the CLI takes (the tools, topics, training from the stream).
+KAFKA_SETTINGS = ["kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+                  "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "topic_prefix",
+                  "topics_file", "app_id"]
+
+
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
+
+
+def _flag_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ValueError(f"{raw!r} is not a boolean (true/false, 1/0, yes/no, on/off)")
+    return value in _TRUE
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 def _coerce(f: dataclasses.Field, raw: str) -> Any:
@@ -126,6 +149,8 @@ def add_arguments(parser, names: list[str] | None = None) -> None:
         if names is not None and f.name not in names:
             continue
         kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+        if kind is bool:   # argparse's type=bool would read "--flag false" as True
+            kind = _flag_bool
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
                             help=f"{f.metadata.get('help', '')} [env {env_name(f.name)}, default {f.default!r}]")
 

@@ -18,7 +18,41 @@ COMPUTE = Histogram("streamrec_score_compute_seconds", "Scorer call duration", [
 FALLBACKS = Counter("streamrec_score_fallbacks_total", "Requests answered by the fallback scorer", ["reason"],
                     registry=REGISTRY)
 QUEUE_DEPTH = Gauge("streamrec_score_queue_depth", "Scoring requests waiting", registry=REGISTRY)
+WARMUP_USERS = Counter("streamrec_warmup_users_total",
+                       "User histories replayed into the scorer from user_state partitions this worker gained",
+                       registry=REGISTRY)
+COLD_START_BACKLOG = Gauge("streamrec_cold_start_backlog_items",
+                           "Cold-start items waiting to be embedded into the item LM's table", registry=REGISTRY)
+EVENT_LATENCY = Histogram(
+    "streamrec_event_to_recommendation_seconds",
+    "From an event's Kafka record timestamp (when it was produced) to its recommendation being handed to the "
+    "producer: queueing in Kafka and the worker included", registry=REGISTRY,
+    buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
+CONSUMER_LAG = Gauge("streamrec_consumer_lag",
+                     "Records of an assigned interactions partition after this worker's committed offset "
+                     "(set when /metrics is read)", ["topic", "partition"], registry=REGISTRY)
 CATALOG_ITEMS = Gauge("streamrec_catalog_items", "Items in the catalog table", registry=REGISTRY)
+# Prequential quality: each applied event judged against the list last served to its user (stream/prequential.py).
+# Quality over a window = rate(hits) / rate(events), likewise NDCG and reciprocal rank.
+PREQ_EVENTS = Counter("streamrec_prequential_events", "Applied events judged against the list last served to "
+                      "their user", registry=REGISTRY)
+PREQ_HITS = Counter("streamrec_prequential_hits", "Judged events whose item was in the served top k",
+                    registry=REGISTRY)
+PREQ_NDCG = Counter("streamrec_prequential_ndcg", "Sum of NDCG@k of judged events", registry=REGISTRY)
+PREQ_RR = Counter("streamrec_prequential_reciprocal_rank", "Sum of reciprocal ranks of judged events",
+                  registry=REGISTRY)
+PREQ_FALLBACK = Counter("streamrec_prequential_fallback_lists", "Judged events whose served list came from the "
+                        "fallback scorer", registry=REGISTRY)
+RECOMMENDED_ITEMS = Gauge("streamrec_recommended_items", "Distinct items this worker has recommended (catalogue "
+                          "coverage = this / streamrec_catalog_items)", registry=REGISTRY)
+
+
+def set_consumer_lag(lags: dict[tuple[str, int], int]) -> None:
+    """Replace the lag gauges with ``lags`` ((topic, partition) -> records): partitions this worker no longer owns
+    disappear instead of showing their last value."""
+    CONSUMER_LAG.clear()
+    for (topic, partition), lag in lags.items():
+        CONSUMER_LAG.labels(topic, str(partition)).set(lag)
 
 
 def render() -> bytes:

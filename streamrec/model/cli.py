@@ -72,9 +72,17 @@ def _config_from_args(args):
 
 
 def _read(args):
-    from streamrec.model.datasets import read_sequences, read_titles
+    from streamrec.model.datasets import read_sequences, read_titles, sequences
 
-    seqs = read_sequences(args.data, args.format)
+    if getattr(args, "from_kafka", False):
+        from streamrec.config import from_args
+        from streamrec.model.kafka_data import read_interactions
+        events, _ = read_interactions(from_args(args))
+        seqs = sequences(events)
+    elif args.data:
+        seqs = read_sequences(args.data, args.format)
+    else:
+        raise SystemExit("give a data file or --from-kafka")
     titles = read_titles(args.titles) if getattr(args, "titles", None) else None
     return seqs, titles
 
@@ -90,8 +98,9 @@ def cmd_train(args) -> int:
     if cfg.use_text and not titles:
         print("--use-text needs --titles", file=sys.stderr)
         return 2
-    name = args.name or Path(args.data).stem
-    m = train(cfg, seqs, args.out, titles=titles, resume=args.resume, progress=not args.quiet, dataset_name=name)
+    name = args.name or ("kafka" if args.from_kafka else Path(args.data).stem)
+    m = train(cfg, seqs, args.out, titles=titles, resume=args.resume, progress=not args.quiet, dataset_name=name,
+              init_from=args.init_from)
     t = m["test"]
     print(json.dumps({"version": m["version"], "out": str(args.out), "best_epoch": m["best_epoch"],
                       "stop_reason": m["stop_reason"], "train_seconds": m["train_seconds"],
@@ -191,7 +200,12 @@ def register(sub) -> None:
                     "items[-1] (full ranking, seen items excluded).\n\nArtefacts in --out: model/ (HF model + "
                     "vocab.json), train_config.json, metrics.json, valid_ndcg.png, checkpoint.pt.\n\nExample:\n"
                     "  streamrec train ../shared/data/amazon/Beauty.txt --out artifacts/beauty --embedding-dropout 0.5")
-    t.add_argument("data", help="interactions: sequence .txt (user item item ...), ratings.csv, CSV, JSONL ...")
+    t.add_argument("data", nargs="?",
+                   help="interactions: sequence .txt (user item item ...), ratings.csv, CSV, JSONL ... "
+                        "(or --from-kafka)")
+    t.add_argument("--from-kafka", action="store_true",
+                   help="train on the interactions topic (from its beginning to its end now) instead of a file; "
+                        "with --init-from: learn from the stream starting from the previous model")
     t.add_argument("--format", default="auto", choices=FORMATS, help="input format [default: from the file name]")
     t.add_argument("--titles", help="item titles (Beauty_items.tsv or MovieLens movies.csv), for --use-text")
     t.add_argument("--out", required=True, help="artefact directory")
@@ -199,8 +213,13 @@ def register(sub) -> None:
     t.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoint.pt (same data and hyper-parameters; --epochs, --patience, "
                         "--max-minutes and runtime flags may change)")
+    t.add_argument("--init-from", metavar="DIR",
+                   help="continue from a previous `streamrec train` output: keep its weights and item ids, append "
+                        "new items (learning from new interactions); writes a new versioned model to --out")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(t)
+    from streamrec.config import KAFKA_SETTINGS, add_arguments
+    add_arguments(t.add_argument_group("Kafka (with --from-kafka)"), KAFKA_SETTINGS)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(

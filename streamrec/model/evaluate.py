@@ -5,7 +5,9 @@ Protocol (the one of SASRec / S3-Rec / ICLRec, see ``docs/evaluation.md``):
   * the last item of each user is the **test** target (history = every earlier item), the second-to-last is the
     **validation** target (history = every item before it); training may only use ``items[:-2]``;
   * **every** item of the catalogue is scored (no sampled negatives); the items of the user's history are removed
-    from the ranking unless ``keep_seen=True`` (the target itself is always ranked, even if it occurred earlier);
+    from the ranking unless ``keep_seen=True`` (the target itself is always ranked, even if it occurred earlier;
+    when some targets repeat a history item the result also has the published baselines' convention, where such a
+    target counts as a miss, and the repeat vs new split: ``repeat_report``);
   * rank = 1 + number of ranked items with a strictly greater score (ties are resolved in the target's favour);
   * HR@k = mean(rank <= k), NDCG@k = mean(1/log2(rank + 1) if rank <= k else 0), MRR = mean(1/rank).
 
@@ -220,6 +222,7 @@ def evaluate(score_fn: ScoreFn, split: Split, k_list: Iterable[int] = (10, 50), 
     out: dict = metrics_from_ranks(ranks, k_list)
     out.update(users=n, split=split.name, keep_seen=keep_seen, dropped_users=split.dropped_users,
                unknown_targets=split.unknown_targets, n_items=split.n_items)
+    out.update(repeat_report(ranks, split, k_list))
     if candidates is not None:
         out["candidates"] = int(candidates.sum())
     if ties != "optimistic":
@@ -227,6 +230,37 @@ def evaluate(score_fn: ScoreFn, split: Split, k_list: Iterable[int] = (10, 50), 
     if return_ranks:
         out["ranks"] = ranks.tolist()
     return out
+
+
+def repeat_targets(split: Split) -> torch.Tensor:
+    """[len(split)] bool: the target is an item already in the user's history (repeat consumption)."""
+    return torch.as_tensor([t > 0 and t in set(h) for t, h in zip(split.targets, split.histories)], dtype=torch.bool)
+
+
+def repeat_report(ranks: torch.Tensor, split: Split, k_list: Iterable[int]) -> dict:
+    """When some targets repeat a history item, the numbers under both conventions and the two kinds of case.
+
+    * ``target_always_ranked`` (this project's headline numbers, as above): the target is ranked even when the user
+      had it before; the other seen items are removed.
+    * ``seen_target_excluded`` (the published baselines' code, e.g. SASRec/S3-Rec/ICLRec/BSARec: every history item
+      is masked, the target too): a repeated target can never be found, so those cases count as misses.
+    * ``by_target``: metrics over the repeat-target cases and over the new-target cases separately.
+    Empty when no target repeats (the Amazon 5-core files): then both conventions give the same numbers.
+    """
+    repeat = repeat_targets(split)
+    n_repeat = int(repeat.sum())
+    if not n_repeat:
+        return {"repeat_targets": 0}
+    excluded = ranks.clone()
+    excluded[repeat] = 2 ** 62          # not in the ranking at all: a miss at every k, MRR contribution 0
+    return {
+        "repeat_targets": n_repeat,
+        "repeat_share": n_repeat / len(split),
+        "conventions": {"target_always_ranked": metrics_from_ranks(ranks, k_list),
+                        "seen_target_excluded": metrics_from_ranks(excluded, k_list)},
+        "by_target": {"repeat": metrics_from_ranks(ranks[repeat], k_list),
+                      "new": metrics_from_ranks(ranks[~repeat], k_list)},
+    }
 
 
 # --- score functions -------------------------------------------------------------------------------------------------

@@ -66,11 +66,16 @@ class ItemLM(PreTrainedModel):
         elif hasattr(module, "weight") and module.__class__.__name__.endswith("RMSNorm"):
             nn.init.ones_(module.weight)
 
-    def item_embeddings(self) -> torch.Tensor:
-        """[n_items + 1, hidden]: the table used both to read histories and to score candidates."""
-        w = self.item_emb.weight
+    def item_embeddings(self, tokens: Sequence[int] | None = None) -> torch.Tensor:
+        """[n_items + 1, hidden]: the table used both to read histories and to score candidates; with ``tokens``
+        only those rows (what serving appends for cold-start items instead of recomputing the table)."""
+        if tokens is None:
+            w, text = self.item_emb.weight, getattr(self, "item_text", None)
+        else:
+            idx = torch.as_tensor(list(tokens), dtype=torch.long, device=self.item_emb.weight.device)
+            w, text = self.item_emb.weight[idx], (self.item_text[idx] if self.config.text_dim else None)
         if self.config.text_dim:
-            w = w + self.text_proj(self.item_text)
+            w = w + self.text_proj(text)
         return w
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

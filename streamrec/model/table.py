@@ -54,10 +54,16 @@ class ItemTable:
             raise ValueError(f"{path} has no item_emb.weight: not an ItemLM checkpoint")
         return cls(config, tensors["item_emb.weight"], tensors.get("item_text"), tensors.get("text_proj.weight"))
 
-    def item_embeddings(self) -> np.ndarray:
-        w = self.item_emb
+    def item_embeddings(self, tokens: Sequence[int] | None = None) -> np.ndarray:
+        """The whole table, or with ``tokens`` only those rows (what serving appends for cold-start items instead
+        of recomputing the table), as ``ItemLM.item_embeddings``."""
+        if tokens is None:
+            w, text = self.item_emb, getattr(self, "item_text", None)
+        else:
+            idx = np.asarray(list(tokens), dtype=np.int64)
+            w, text = self.item_emb[idx], (self.item_text[idx] if self.config.text_dim else None)
         if self.config.text_dim:
-            w = w + self.item_text @ self.text_proj.T
+            w = w + text @ self.text_proj.T
         return np.ascontiguousarray(w, dtype=np.float32)
 
     def set_item_text(self, token_ids: Sequence[int], embeddings) -> None:

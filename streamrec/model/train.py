@@ -15,6 +15,9 @@ Artefacts in ``out_dir``::
     metrics.json         per-epoch history, best epoch, final validation and test metrics (all users), timings
     valid_ndcg.png       validation NDCG@10 (and training loss) per epoch
     checkpoint.pt        last epoch's model + optimiser + RNG state (``resume=True`` continues from it)
+    cooc.json            a co-occurrence scorer fitted on every training user's full sequence: the serving
+                         fallback starts from it (``serve/lm.build_lm_scorer``) instead of from nothing
+    popularity.json      {item_id: count} over the same sequences: the serving prior for empty histories
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from streamrec.model.evaluate import build_vocab, evaluate, leave_one_out, lm_score_fn, train_sequences
 from streamrec.model.itemlm import PAD, ItemLM, ItemVocab
 from streamrec.model.train_config import TrainConfig
+from streamrec.scoring import CooccurrenceScorer
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +231,14 @@ def save_model_dir(model: ItemLM, vocab: ItemVocab, directory: Path) -> None:
     tmp.rename(directory)
 
 
+def grow_vocab(init_from: str | Path, data_vocab: ItemVocab) -> tuple[ItemLM, ItemVocab]:
+    """The previous model and its vocabulary with the data's new items appended (old token ids unchanged)."""
+    model, vocab = load_model_dir(init_from)
+    for item in data_vocab.items[1:]:
+        vocab.add(item)
+    return model, vocab
+
+
 def load_model_dir(directory: str | Path, device="cpu") -> tuple[ItemLM, ItemVocab]:
     """An artefact directory (``out/``) or its ``model/`` subdirectory -> (model in eval mode, vocab)."""
     directory = Path(directory)
@@ -263,8 +275,13 @@ def plot_history(history: list[dict], path: Path, title: str = "") -> None:
 # --- the loop --------------------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str | Path,
           titles: Mapping[str, str] | None = None, resume: bool = False, progress: bool = True,
-          dataset_name: str = "") -> dict:
-    """Train, early-stop on validation NDCG@10, test the best epoch on all users; returns metrics.json's content."""
+          dataset_name: str = "", init_from: str | Path | None = None) -> dict:
+    """Train, early-stop on validation NDCG@10, test the best epoch on all users; returns metrics.json's content.
+
+    ``init_from``: a previous ``streamrec train`` output to continue from (learning from new interactions): its
+    weights and vocabulary are kept, items it has never seen are appended (new rows), and the architecture is the
+    previous model's (``cfg``'s model sizes are ignored). The output is a new version (new data fingerprint).
+    """
     from tqdm.auto import tqdm
 
     if cfg.id_dropout and not cfg.use_text:
@@ -294,6 +311,9 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
     cold = pick_cold_items(seqs, cfg.cold_items, cfg.seed) if cfg.cold_items else set()
     warm_seqs = {u: [i for i in s if i not in cold] for u, s in seqs.items()} if cold else seqs
     vocab = build_vocab(warm_seqs)
+    previous = None
+    if init_from is not None and ckpt is None:
+        previous, vocab = grow_vocab(init_from, vocab)
     train_part = train_sequences(seqs)            # items[:-2] of every user
     if cold:
         train_part = {u: [i for i in s if i not in cold] for u, s in train_part.items()}
@@ -321,7 +341,16 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
         text_dim = DIM
         data_info["items_with_text"] = len(text_tokens)
 
-    model = ItemLM(cfg.model_config(len(vocab), text_dim))
+    if previous is not None:
+        model = previous
+        if text_dim != model.config.text_dim:
+            raise ValueError(f"--init-from model has text_dim {model.config.text_dim}; this run {text_dim} "
+                             "(use --use-text exactly when the previous model did)")
+        if len(vocab) > model.config.n_items:
+            model.add_items(len(vocab) - model.config.n_items)
+        data_info["init_from"] = str(init_from)
+    else:
+        model = ItemLM(cfg.model_config(len(vocab), text_dim))
     if text_dim and text_tokens:
         model.set_item_text(text_tokens, text_emb)
     model.to(device)
@@ -418,6 +447,7 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
 
     if cold:
         _add_cold_items(out, cfg, vocab, cold, titles, progress)
+    write_warm_start(out, seqs)
 
     metrics = {"version": version, "dataset": dataset_name, "stop_reason": stop_reason, "best_epoch": best_epoch,
                "best_valid_NDCG@10_sample": best, "epochs_run": len(history), "train_seconds": round(train_seconds, 1),
@@ -431,6 +461,16 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
     log.info("test (all %d users): %s", final_test["users"],
              {k: round(final_test[k], 4) for k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")})
     return metrics
+
+
+def write_warm_start(out: Path, sequences: Mapping[str, Sequence[str]]) -> None:
+    """``cooc.json`` and ``popularity.json`` for serving: what the worker's online counts start from."""
+    CooccurrenceScorer().fit(sequences.values()).save(out / "cooc.json")
+    counts: dict[str, int] = {}
+    for seq in sequences.values():
+        for item in seq:
+            counts[item] = counts.get(item, 0) + 1
+    (out / "popularity.json").write_text(json.dumps(counts))
 
 
 def _add_cold_items(out: Path, cfg: TrainConfig, vocab: ItemVocab, cold: set[str],

@@ -28,18 +28,27 @@ class CooccurrenceScorer:
     For rows longer than that the top list (with its normalised weights) is cached and rebuilt once the row has
     had about a quarter of its length in new co-occurrences, so its weights may lag the live counts a little;
     short rows are always read live.
+
+    Nothing per request grows with the catalog: the popular items that top up a short answer come from a
+    maintained list of the ``popular_n`` most popular (not a sort of all counts), and exclusions are only asked
+    ``in``. Memory is bounded: past ``max_items`` known items the least popular are forgotten (their counts, rows
+    and caches) down to ``max_items`` -- any item id an event carries is learnt, so without a bound a stream of
+    one-off ids would grow the scorer forever.
     """
 
     name = "cooc"
     version = "cooc-1"
 
     def __init__(self, window: int = 5, max_neighbors: int = 200, popularity_weight: float = 0.05,
-                 decay: float = 0.7, score_neighbors: int = 50):
+                 decay: float = 0.7, score_neighbors: int = 50, max_items: int = 200_000,
+                 popular_n: int = 1024):
         self.window = window
         self.max_neighbors = max_neighbors
         self.score_neighbors = score_neighbors
         self.popularity_weight = popularity_weight
         self.decay = decay
+        self.max_items = max_items
+        self.popular_n = popular_n
         self.pop: Counter[str] = Counter()
         self.cooc: dict[str, Counter[str]] = defaultdict(Counter)
         self._max_pop = 0
@@ -47,6 +56,10 @@ class CooccurrenceScorer:
         self._lock = threading.Lock()
         self._top: dict[str, list[tuple[str, int]]] = {}    # cached strongest neighbours of long rows
         self._changes: Counter[str] = Counter()              # bumps of a row since its top list was built
+        # A superset of the popular_n most popular items: an item enters once its count passes _popular_floor
+        # (the smallest count kept at the last trim); counts only grow, so nothing outside can overtake them.
+        self._popular: dict[str, int] = {}
+        self._popular_floor = 0
 
     # --- learning -------------------------------------------------------------------------------
     def observe(self, history: Sequence[str], item_id: str) -> None:
@@ -54,20 +67,49 @@ class CooccurrenceScorer:
             self._observe(history, item_id)
 
     def _observe(self, history: Sequence[str], item_id: str) -> None:
-        self.pop[item_id] += 1
-        self._max_pop = max(self._max_pop, self.pop[item_id])
+        pop = self.pop
+        n = pop[item_id] = pop.get(item_id, 0) + 1
+        if n > self._max_pop:
+            self._max_pop = n
+        popular = self._popular
+        if item_id in popular or n > self._popular_floor or len(popular) < self.popular_n:
+            popular[item_id] = n
+            if len(popular) > 2 * self.popular_n:
+                self._trim_popular()
+        limit = self.max_items + max(16, self.max_items // 4)
+        if len(pop) > limit or len(self.cooc) > limit:
+            self._forget_rare()
+        # Both directions of each pair, inlined (one event = up to 2 * window bumps: the scorer's hottest loop).
+        cooc, changes, cap = self.cooc, self._changes, 2 * self.max_neighbors
         for h in set(history[-self.window:]):
             if h == item_id:
                 continue
-            self._bump(h, item_id)
-            self._bump(item_id, h)
+            for a, b in ((h, item_id), (item_id, h)):
+                row = cooc.get(a)
+                if row is None:
+                    row = cooc[a] = Counter()
+                row[b] = row.get(b, 0) + 1
+                changes[a] = changes.get(a, 0) + 1
+                if len(row) > cap:
+                    cooc[a] = Counter(dict(row.most_common(self.max_neighbors)))
 
-    def _bump(self, a: str, b: str) -> None:
-        row = self.cooc[a]
-        row[b] += 1
-        self._changes[a] += 1
-        if len(row) > 2 * self.max_neighbors:
-            self.cooc[a] = Counter(dict(row.most_common(self.max_neighbors)))
+    def _trim_popular(self) -> None:
+        kept = heapq.nlargest(self.popular_n, self._popular.items(), key=_count)
+        self._popular = dict(kept)
+        self._popular_floor = kept[-1][1] if len(kept) >= self.popular_n else 0
+
+    def _forget_rare(self) -> None:
+        """Keep the ``max_items`` most popular items; the rest lose their counts, rows and caches (amortised: runs
+        once per max_items/4 new items)."""
+        keep = dict(heapq.nlargest(self.max_items, self.pop.items(), key=_count))
+        for item in [i for i in self.pop if i not in keep]:
+            self._popular.pop(item, None)
+        for item in [i for i in self.cooc if i not in keep]:   # rows of items only ever seen in histories too
+            del self.cooc[item]
+            self._top.pop(item, None)
+            self._changes.pop(item, None)
+        self.pop = Counter(keep)
+        self._max_pop = max(keep.values(), default=0)
 
     def fit(self, sequences: Iterable[Sequence[str]]) -> "CooccurrenceScorer":
         with self._lock:
@@ -96,12 +138,24 @@ class CooccurrenceScorer:
         exclude = req.exclude
         candidates = [(c, sc + pw * math.log1p(pop.get(c, 0))) for c, sc in scores.items() if c not in exclude]
         if len(candidates) < req.k:   # not enough neighbours: top up with popular items
-            for c, n in pop.most_common(req.k + len(exclude) + len(scores)):
+            for c, n in self._most_popular(req.k + len(scores) + 64):
                 if c not in exclude and c not in scores:
                     candidates.append((c, pw * math.log1p(n)))
-                if len(candidates) >= req.k:
-                    break
+                    if len(candidates) >= req.k:
+                        break
         return heapq.nlargest(req.k, candidates, key=_by_score_then_id)
+
+    def _most_popular(self, first: int) -> Iterable[tuple[str, int]]:
+        """Items by popularity, best first, lazily: the ``first`` best of the maintained list, then the rest of it,
+        then (only if a request excluded all of those) the remaining counts."""
+        head = heapq.nlargest(first, self._popular.items(), key=_count)
+        yield from head
+        if len(self._popular) > len(head):
+            done = {c for c, _ in head}
+            yield from sorted(((c, n) for c, n in self._popular.items() if c not in done), key=_count, reverse=True)
+        if len(self.pop) > len(self._popular):
+            listed = self._popular
+            yield from sorted(((c, n) for c, n in self.pop.items() if c not in listed), key=_count, reverse=True)
 
     def _neighbors(self, h: str) -> list[tuple[str, float]]:
         """h's strongest neighbours c with cooc(h, c) / sqrt(pop(c))."""
@@ -117,6 +171,19 @@ class CooccurrenceScorer:
                                   for c, n in heapq.nlargest(self.score_neighbors, row.items(), key=_count)]
             self._changes[h] = 0
         return top
+
+    def because(self, history: Sequence[str], item_id: str, n: int = 1) -> list[str]:
+        """The recent history items that contributed most to ``item_id``'s co-occurrence score (newest first on
+        ties), at most ``n``: the reason to show next to a recommendation. Empty when none co-occurred with it."""
+        pop, cooc = self.pop, self.cooc
+        weight, found = 1.0, []
+        for age, h in enumerate(reversed(history[-self.window:])):
+            row = cooc.get(h)
+            v = row.get(item_id, 0) if row else 0
+            if v:
+                found.append((weight * v / math.sqrt(pop.get(h, 0) or 1), -age, h))
+            weight *= self.decay
+        return [h for _, _, h in heapq.nlargest(n, found)]
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
         with self._lock:
@@ -138,6 +205,8 @@ class CooccurrenceScorer:
         s.pop = Counter(d["pop"])
         s.cooc = defaultdict(Counter, {k: Counter(v) for k, v in d["cooc"].items()})
         s._max_pop = max(s.pop.values(), default=0)
+        s._popular = dict(s.pop)
+        s._trim_popular()
         return s
 
 

@@ -13,6 +13,12 @@ from pathlib import Path
 import numpy as np
 
 
+def spare_capacity(n: int) -> int:
+    """Rows to allocate for an item table of ``n`` rows: room for cold-start items to be appended in place (a full
+    re-upload only when it runs out: about every n/4 new items)."""
+    return n + max(256, n // 4)
+
+
 def _np_topk(logits: np.ndarray, excl: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
     if len(excl[0]):
         logits[excl] = -np.inf
@@ -38,10 +44,26 @@ class OrtBackend:
         so.log_severity_level = 3   # the overridable item_table initializer is intended
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.name, self.path, self.calls = name, path, 0
-        self.table: np.ndarray | None = None
+        self.table: np.ndarray | None = None   # a view of the first rows of _buf: what the session is fed
+        self._buf: np.ndarray | None = None
 
     def set_table(self, table) -> None:   # numpy (ItemTable) or a CPU torch tensor (ItemLM): both read as arrays
-        self.table = np.ascontiguousarray(np.asarray(table), dtype=np.float32)
+        table = np.asarray(table, dtype=np.float32)
+        n = table.shape[0]
+        self._buf = np.empty((spare_capacity(n), table.shape[1]), dtype=np.float32)
+        self._buf[:n] = table
+        self.table = self._buf[:n]
+
+    def append_rows(self, rows) -> bool:
+        """Cold-start rows (numpy or a CPU tensor) after the existing ones, in place; False when the spare capacity
+        is used up."""
+        rows = np.asarray(rows, dtype=np.float32)
+        n, m = self.table.shape[0], self.table.shape[0] + rows.shape[0]
+        if m > self._buf.shape[0]:
+            return False
+        self._buf[n:m] = rows
+        self.table = self._buf[:m]
+        return True
 
     def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         self.calls += 1

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -19,9 +22,68 @@ from typing import Sequence
 from streamrec import metrics
 from streamrec.scoring import ScoreRequest, Scored, Scorer
 
+log = logging.getLogger(__name__)
+
 
 class ModelBusy(RuntimeError):
     """The model thread is still running a call that timed out."""
+
+
+class BatcherClosed(RuntimeError):
+    """The worker is stopping: the request was not scored (its batch will not be committed either)."""
+
+
+class DaemonThreadExecutor(concurrent.futures.Executor):
+    """One daemon thread running submitted calls in order.
+
+    Not a ``ThreadPoolExecutor``: Python joins that pool's threads at interpreter exit, even after
+    ``shutdown(wait=False)``, so a model call that never returns would hang the worker's exit until SIGKILL. A
+    daemon thread is abandoned at exit instead; ``MicroBatcher.close`` has already given it a bounded wait.
+    """
+
+    def __init__(self, name: str = "scorer") -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._shutdown = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new calls after shutdown")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((fut, fn, args, kwargs))
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fut, fn, args, kwargs = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as exc:   # handed to the awaiting caller, like ThreadPoolExecutor does
+                fut.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        self._queue.put(None)
+        if wait:
+            self._thread.join()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
 
 
 @dataclass
@@ -55,8 +117,10 @@ class MicroBatcher:
         self._arrived = asyncio.Event()
         self._space = asyncio.Condition()
         self._task: asyncio.Task | None = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        self._pool = DaemonThreadExecutor("scorer")
         self._stuck: asyncio.Future | None = None   # a timed-out model call still running in the thread
+        self._call: asyncio.Future | None = None    # the model call in flight, if any
+        self._closed = False
 
     # --- the Scorer protocol, async flavour ---------------------------------------------------------
     def observe(self, history: Sequence[str], item_id: str) -> None:
@@ -70,6 +134,8 @@ class MicroBatcher:
         return list(await asyncio.gather(*(self.submit(r) for r in requests)))
 
     async def submit(self, request: ScoreRequest) -> Scored:
+        if self._closed:
+            raise BatcherClosed("the scorer is closed: the worker is stopping")
         self._ensure_running()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -116,7 +182,14 @@ class MicroBatcher:
             async with self._space:
                 self._space.notify_all()
             metrics.QUEUE_DEPTH.set(len(self._pending))
-            await self._flush(batch)
+            try:
+                await self._flush(batch)
+            except asyncio.CancelledError:   # close() while this batch was being scored: answer its callers
+                for p in batch:
+                    for w in p.waiters:
+                        if not w.done():
+                            w.set_exception(BatcherClosed("the worker is stopping"))
+                raise
 
     async def _flush(self, batch: list[_Pending]) -> None:
         now = time.perf_counter()
@@ -131,7 +204,7 @@ class MicroBatcher:
                 raise ModelBusy("an earlier model call timed out and is still running")
             self.model_calls += 1
             started = time.perf_counter()
-            call = asyncio.get_running_loop().run_in_executor(self._pool, self.scorer.score, requests)
+            call = self._call = asyncio.get_running_loop().run_in_executor(self._pool, self.scorer.score, requests)
             try:
                 results = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
             except asyncio.TimeoutError:
@@ -164,7 +237,23 @@ class MicroBatcher:
                 if not w.done():
                     w.set_result(r)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Stop: no new requests, waiting callers get ``BatcherClosed``, and a model call in flight gets at most
+        ``timeout_s`` (default: the scorer timeout) to finish; one that outlives it is abandoned with its daemon
+        thread, so neither this call nor the interpreter's exit can hang on it."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for p in self._pending.values():
+            for w in p.waiters:
+                if not w.done():
+                    w.set_exception(BatcherClosed("the worker is stopping"))
+        self._pending.clear()
+        call = self._call
+        if call is not None and not call.done():
+            done, _ = await asyncio.wait({call}, timeout=self.timeout_s if timeout_s is None else timeout_s)
+            if not done:
+                log.warning("a model call is still running after %.1f s; abandoning it to stop",
+                            self.timeout_s if timeout_s is None else timeout_s)
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from streamrec.config import Settings
-from streamrec.scoring import CooccurrenceScorer
+from streamrec.scoring import CooccurrenceScorer, NullScorer
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,10 @@ def build_scorer(settings: Settings):
         choice = "lm" if settings.model_dir and has_model(settings.model_dir) else "cooc"
         if settings.model_dir and choice == "cooc":   # e.g. a fresh volume before the first model lands
             log.warning("no trained model under %s yet: scoring with co-occurrence", settings.model_dir)
+    if choice == "none":   # framework cost alone (benchmarks): state and messages, no scoring
+        return NullScorer()
     if choice not in ("lm", "cooc"):
-        raise ValueError(f"unknown scorer {settings.scorer!r} (auto, lm or cooc)")
+        raise ValueError(f"unknown scorer {settings.scorer!r} (auto, lm, cooc or none)")
     if choice == "cooc" and not settings.reranker_dir:
         return CooccurrenceScorer()
     from streamrec.serve.batching import MicroBatcher   # heavy imports (torch, onnxruntime) only for a model

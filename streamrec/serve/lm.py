@@ -24,18 +24,26 @@ docs/benchmarks.md; below ~32 requests the extra calls cost more than the paddin
 
 Empty histories (no item the model knows): the model has never been trained to predict a first item, so those
 requests are answered from a popularity prior instead and marked ``fallback=True`` (reason ``empty-history``):
-counts of the items seen by ``observe`` (warm-started from ``popularity.json`` {item_id: count} in the model
-directory if present); before any count exists, the model's own average next-item distribution after one item
-(mean softmax over up to 256 single-item histories, computed once with the serving backend).
+counts of the items seen by ``observe`` (``popularity.Popularity``: total and top-N maintained per count, bounded
+in items; warm-started from the ``popularity.json`` {item_id: count} that ``streamrec train`` writes); before any
+count exists, the model's own average next-item distribution after one item (mean softmax over up to 256
+single-item histories, computed once with the serving backend).
 
 Cold start: ``on_item(item_id, record)`` queues an unknown item with its title; before the next scoring call the
 queue (up to 256 items per call) is embedded in one ``text.embed_texts`` call -- the text the trainer embedded:
 ``text.clean_title(title)`` with the encoder named in ``train_config.json`` (run by ONNX Runtime when ``streamrec
 export`` left it in ``onnx/text-encoder/``, see ``text_onnx.py``; else by sentence-transformers) -- appended with
-``ItemLM.add_items`` + ``set_item_text`` and the item table is recomputed. Every backend takes the item table as
-data (the ONNX graphs take it as an input, see ``export.py``), so new items are readable in histories and
-recommendable at once, with no re-export. Needs a model trained with text (``text_dim > 0``); otherwise unknown
-items are ignored. The additions live in memory only (the next training run learns them properly).
+``add_items`` + ``set_item_text`` (``ItemLM``, or ``ItemTable`` on the ONNX path), and only their rows are computed
+(``item_embeddings(tokens)``) and appended to the backend's table (``append_rows``: spare capacity, so existing rows
+are neither recomputed, re-uploaded nor re-quantised). Every backend takes the item table as data (the ONNX graphs
+take it as an input, see ``export.py``), so new items are readable in histories and recommendable at once, with no
+re-export. Items stay queued until embedded: an encoder failure is retried with a doubling backoff;
+``streamrec_cold_start_backlog_items`` shows the queue. Needs a model trained with text (``text_dim > 0``);
+otherwise unknown items are ignored. The additions live in memory only (the next training run learns them
+properly).
+
+Warm-up: ``build_lm_scorer`` runs one dummy batch per padded width (and batch size 1 and ``max_batch_size``)
+before the worker starts, so CUDA initialisation and kernel selection do not happen inside real batches.
 
 No torch on the ONNX path: with ``onnx``/``onnx-int8`` the model is read as an ``ItemTable`` (numpy, from the
 safetensors file) instead of an ``ItemLM``, and torch is imported only for the torch backends (and for an export
@@ -48,13 +56,15 @@ import json
 import logging
 import os
 import threading
-from collections import Counter
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from streamrec import metrics
 from streamrec.serve.backends import OrtBackend
+from streamrec.serve.popularity import Popularity
 from streamrec.model.artifacts import ENCODER_SUBDIR, FILES, is_current, model_fingerprint, onnx_dir, resolve_model_dir
 from streamrec.model.vocab import PAD, ItemVocab
 from streamrec.scoring import CooccurrenceScorer, ScoreRequest, Scored
@@ -93,6 +103,7 @@ def length_buckets(max_len: int, smallest: int = 8) -> list[int]:
 
 
 FLUSH_LIMIT = 256   # cold-start items embedded per scoring call: a catalog burst must not stall one batch for long
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0   # cold-start embedding retries: doubling backoff between these
 
 
 def _embed_texts(texts: list[str], model: str | None = None):
@@ -115,14 +126,15 @@ def _load_model(model_dir: Path, backend: str):
     return ItemLM.from_pretrained(model_dir).float().eval()   # CPU fp32 master copy
 
 
-def _item_table(model):
-    """[n_table, hidden] float32: numpy from an ``ItemTable``, a CPU tensor from an ``ItemLM``."""
+def _item_table(model, tokens: Sequence[int] | None = None):
+    """[n_table, hidden] float32 (with ``tokens``: only those rows): numpy from an ``ItemTable``, a CPU tensor from
+    an ``ItemLM``."""
     from streamrec.model.table import ItemTable
     if isinstance(model, ItemTable):
-        return model.item_embeddings()
+        return model.item_embeddings(tokens)
     import torch
     with torch.no_grad():
-        return model.item_embeddings().detach().float().contiguous()
+        return model.item_embeddings(tokens).detach().float().contiguous()
 
 
 def _default_threads(backend: str) -> int:
@@ -191,13 +203,17 @@ class LMScorer:
         self.threads = threads or _default_threads(self.backend_name)
         self._embed = embed_fn or (_exported_encoder(self.model_dir, self.threads) if cfg.text_dim else None)
         self._lock = threading.RLock()
-        self._pending: dict[str, str] = {}   # item id -> title, guarded by its own lock: on_item never waits
-        self._pending_lock = threading.Lock()   # for a model call running in another thread
+        # Cold start: item id -> title, until embedded (a failed embedding keeps them here for a retry). Guarded
+        # by its own lock: on_item (event loop) never waits for a model call running in another thread.
+        self._pending: dict[str, str] = {}
+        self._pending_lock = threading.Lock()
+        self._embed_failures = 0
+        self._retry_at = 0.0            # time.monotonic() before which a failed embedding is not retried
         self._prior: np.ndarray | None = None
-        self.popularity: Counter[str] = Counter()
+        self.popularity = Popularity()
         self._pop_lock = threading.Lock()
-        for k, v in _read_json(self.model_dir / "popularity.json", artefacts / "popularity.json").items():
-            self.popularity[str(k)] = int(v)
+        self.popularity.update({str(k): int(v) for k, v in
+                                _read_json(self.model_dir / "popularity.json", artefacts / "popularity.json").items()})
         self.cold_start_added = 0
         self.backend = self._make_backend(device, onnx_path, export_if_missing)
         self._refresh_table()
@@ -292,7 +308,7 @@ class LMScorer:
 
     def observe(self, history: Sequence[str], item_id: str) -> None:
         with self._pop_lock:
-            self.popularity[item_id] += 1
+            self.popularity.add(item_id)
         if self.fallback is not None:   # keep the fallback as current as it would be on its own
             self.fallback.observe(history, item_id)
 
@@ -304,17 +320,26 @@ class LMScorer:
         if isinstance(title, str) and title.strip():
             with self._pending_lock:
                 self._pending[item_id] = title
+                metrics.COLD_START_BACKLOG.set(len(self._pending))
 
     # --- cold start ---------------------------------------------------------------------------------------------
     def flush_items(self) -> int:
         """Add up to ``FLUSH_LIMIT`` queued cold-start items now (``score`` does it first thing); returns how many
-        were added."""
+        were added.
+
+        Items stay queued until they are in the table: an embedding failure leaves them for a retry, after a
+        doubling backoff (``RETRY_FIRST_S`` .. ``RETRY_MAX_S``) so a broken encoder does not cost every batch.
+        Only the new rows are computed and handed to the backend (``append_rows``): the table of existing items
+        is neither recomputed nor uploaded again.
+        """
         with self._lock:
+            if time.monotonic() < self._retry_at:
+                return 0
             with self._pending_lock:
-                batch = list(self._pending.items())[:FLUSH_LIMIT]
-                for item_id, _ in batch:
+                for item_id in [i for i in self._pending if i in self.vocab]:   # known since it was queued
                     del self._pending[item_id]
-            pending = [(i, t) for i, t in batch if i not in self.vocab]
+                pending = list(self._pending.items())[:FLUSH_LIMIT]
+                metrics.COLD_START_BACKLOG.set(len(self._pending))
             if not pending:
                 return 0
             try:
@@ -324,18 +349,47 @@ class LMScorer:
                 if emb.shape != (len(pending), self.model.config.text_dim):
                     raise ValueError(f"text embeddings of shape {tuple(emb.shape)}, expected "
                                      f"({len(pending)}, {self.model.config.text_dim})")
-            except Exception:   # cold start must never take scoring down; the items may come again
-                log.exception("could not embed %d cold-start item(s); skipped", len(pending))
+            except Exception:   # cold start must never take scoring down; the items stay queued
+                self._embed_failures += 1
+                wait = min(RETRY_FIRST_S * 2 ** (self._embed_failures - 1), RETRY_MAX_S)
+                self._retry_at = time.monotonic() + wait
+                log.exception("could not embed %d cold-start item(s); kept queued, retry in %.0f s",
+                              len(pending), wait)
                 return 0
+            self._embed_failures, self._retry_at = 0, 0.0
             new = self.model.add_items(len(pending))
             for (item_id, _), token in zip(pending, new):
                 if self.vocab.add(item_id) != token:
                     raise RuntimeError("vocabulary and item table out of step")
             self.model.set_item_text(list(new), emb)
-            self._refresh_table()
+            rows = _item_table(self.model, new)
+            if not self.backend.append_rows(rows):   # past the backend's spare capacity: one full upload
+                self._refresh_table()
+            self._prior = None   # the model prior covers every item: recomputed on its next use
+            with self._pending_lock:
+                for item_id, title in pending:
+                    if self._pending.get(item_id) == title:
+                        del self._pending[item_id]
+                metrics.COLD_START_BACKLOG.set(len(self._pending))
             self.cold_start_added += len(pending)
             log.info("cold start: %d item(s) added, %d items now", len(pending), len(self.vocab))
             return len(pending)
+
+    def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> int:
+        """One dummy batch per padded width and batch size through the scoring path, before the worker reports
+        ready: on a GPU the CUDA context, cuBLASLt handles and kernel choice are set up here rather than inside the
+        first real batches, under the scorer timeout. Returns the number of model calls made."""
+        calls = 0
+        with self._lock:
+            for width in self.buckets:
+                history = tuple(self.vocab.items[1 + i % len(self.vocab)] for i in range(width))
+                for n in batch_sizes:
+                    requests = [ScoreRequest(f"warm-up-{j}", history, 10) for j in range(n)]
+                    self._score_rows(list(range(n)), [self.vocab.encode(history)] * n, requests, [None] * n)
+                    calls += 1
+        log.info("warmed up %s: %d model calls (widths %s, batch sizes %s)", self.backend_name, calls, self.buckets,
+                 list(batch_sizes))
+        return calls
 
     # --- empty histories ------------------------------------------------------------------------------------
     def _prior_answer(self, r: ScoreRequest) -> Scored:
@@ -343,8 +397,8 @@ class LMScorer:
         if k <= 0:
             return Scored([], self.name, self.version)
         with self._pop_lock:   # observe() counts on the event loop's thread while this runs in the model's
-            total = sum(self.popularity.values())
-            ranked = self.popularity.most_common(k + len(r.exclude)) if total else []
+            total = self.popularity.total
+            ranked = self.popularity.ranked(k, r.exclude) if total else []
         if ranked:
             items = [(i, n / total) for i, n in ranked if i not in r.exclude]
             reason = "empty-history: popularity"
@@ -390,10 +444,13 @@ def build_lm_scorer(settings) -> LMScorer:
     (loaded from ``cooc.json`` in the model directory when the trainer left one there)."""
     if not settings.model_dir:
         raise ValueError("the lm scorer needs a model directory (--model-dir / STREAMREC_MODEL_DIR)")
-    cooc = Path(settings.model_dir) / "cooc.json"
-    fallback = CooccurrenceScorer.load(cooc) if cooc.is_file() else CooccurrenceScorer()
+    weights, artefacts = resolve_model_dir(settings.model_dir)
+    cooc = next((p for p in (artefacts / "cooc.json", weights / "cooc.json") if p.is_file()), None)
+    fallback = CooccurrenceScorer.load(cooc) if cooc is not None else CooccurrenceScorer()
     if settings.scorer_threads and resolve_backend(settings.backend) in _TORCH_MODES:
         import torch   # torch backends take it from here, ONNX Runtime from its session options
         torch.set_num_threads(settings.scorer_threads)
-    return LMScorer(settings.model_dir, backend=settings.backend, fallback=fallback,
-                    threads=settings.scorer_threads or None, group_lengths=settings.group_lengths)
+    scorer = LMScorer(settings.model_dir, backend=settings.backend, fallback=fallback,
+                      threads=settings.scorer_threads or None, group_lengths=settings.group_lengths)
+    scorer.warm_up(sorted({1, settings.max_batch_size}))   # before the worker starts, so before it is ready
+    return scorer

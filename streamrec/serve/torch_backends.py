@@ -14,6 +14,7 @@ from torch import nn
 
 from streamrec.model.export import TableLM
 from streamrec.model.itemlm import PAD, ItemLM
+from streamrec.serve.backends import spare_capacity
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +38,64 @@ def quantize_rows(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tenso
     return q, scale
 
 
-_ROWWISE: dict[str, bool] = {}
+_PROBED: dict[tuple[str, str], bool] = {}   # (device, kernel) -> works; tests may set entries to force a path
+
+
+def _kernel_call(kernel: str, device: torch.device) -> None:
+    """The exact GEMM ``QuantLinear.forward`` makes for ``kernel``, at a small size: same dtypes, layouts (A
+    row-major, B column-major for fp8 / row-major for int8), scale shapes and output dtype."""
+    rows, k, n = 32, 32, 16
+    if kernel == "int8":
+        a = torch.ones(rows, k, device=device, dtype=torch.int8)
+        torch._int_mm(a, torch.ones(n, k, device=device, dtype=torch.int8).t().contiguous())
+        return
+    a = torch.ones(rows, k, device=device).to(torch.float8_e4m3fn)
+    b = torch.ones(n, k, device=device).to(torch.float8_e4m3fn).t()
+    if kernel == "fp8_rowwise":
+        torch._scaled_mm(a, b, scale_a=torch.ones(rows, 1, device=device),
+                         scale_b=torch.ones(1, n, device=device), out_dtype=torch.bfloat16)
+    elif kernel == "fp8_tensorwise":
+        one = torch.ones((), device=device)
+        torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.float32)
+    else:
+        raise ValueError(kernel)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)   # a kernel launch error surfaces here, not in the first real batch
+
+
+def kernel_supported(device: torch.device, kernel: str) -> bool:
+    """Whether ``kernel`` (``fp8_rowwise``, ``fp8_tensorwise`` or ``int8``) runs on ``device``: probed once per
+    device with the exact call used. Only CUDA devices are probed; elsewhere (the CPU test path, the meta device)
+    the answer is False without a probe -- a meta tensor checks shapes, not what the hardware can do."""
+    device = torch.device(device)
+    key = (str(device), kernel)
+    if key not in _PROBED:
+        if device.type != "cuda":
+            return False
+        try:
+            _kernel_call(kernel, device)
+            _PROBED[key] = True
+        except (RuntimeError, NotImplementedError) as exc:
+            log.warning("%s GEMM unavailable on %s: %s", kernel, device, exc)
+            _PROBED[key] = False
+    return _PROBED[key]
 
 
 def fp8_rowwise_supported(device: torch.device) -> bool:
-    """Whether ``torch._scaled_mm`` takes row-wise scales on this device (probed once per device)."""
-    key = str(device)
-    if key not in _ROWWISE:
-        if device.type == "meta":
-            return True
-        try:
-            a = torch.zeros(16, 16, device=device, dtype=torch.float8_e4m3fn)
-            torch._scaled_mm(a, a.t(), scale_a=torch.ones(16, 1, device=device),
-                             scale_b=torch.ones(1, 16, device=device), out_dtype=torch.bfloat16)
-            _ROWWISE[key] = True
-        except (RuntimeError, NotImplementedError) as exc:
-            log.warning("fp8 row-wise scaling unavailable on %s (%s): tensor-wise GEMM + fp32 rescale", device, exc)
-            _ROWWISE[key] = False
-    return _ROWWISE[key]
+    """Whether ``torch._scaled_mm`` takes row-wise scales with bf16 output here; otherwise QuantLinear runs the
+    tensor-wise GEMM with fp32 output and applies the scales afterwards (same math)."""
+    return kernel_supported(device, "fp8_rowwise")
+
+
+def require_kernels(device: torch.device, mode: str) -> None:
+    """Refuse a low-precision mode on a CUDA device whose kernels fail, instead of failing every batch later."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    kernel = "int8" if mode == "int8" else "fp8_tensorwise"   # fp8 always needs the tensor-wise fp32 call
+    if not kernel_supported(device, kernel):
+        raise RuntimeError(f"{mode}: torch.{'_int_mm' if mode == 'int8' else '_scaled_mm'} does not run on "
+                           f"{device}; use cuda-bf16")
 
 
 class QuantLinear(nn.Module):
@@ -84,6 +125,15 @@ class QuantLinear(nn.Module):
         self.register_buffer("w_scale", s.reshape(1, -1).contiguous(), persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().to(out_dtype), persistent=False)
         self.register_buffer("one", torch.ones((), dtype=torch.float32, device=weight.device), persistent=False)
+
+    @torch.no_grad()
+    def set_rows(self, start: int, weight_rows: torch.Tensor) -> None:
+        """Overwrite output channels ``start..`` (weight rows) in place: per-channel scales, so the others keep
+        theirs (cold-start items appended to the item-scoring layer)."""
+        q, sc = quantize_rows(weight_rows.to(self.wq_t.device), self.mode)
+        end = start + weight_rows.shape[0]
+        self.wq_t[:, start:end] = q.t()
+        self.w_scale[0, start:end] = sc.reshape(-1)
 
     @staticmethod
     def supports(in_features: int, out_features: int, mode: str) -> bool:
@@ -121,15 +171,20 @@ def cast_keeping_rope(module: nn.Module, device: torch.device, dtype: torch.dtyp
     return module
 
 
-def quantize_linears(module: nn.Module, mode: str, out_dtype: torch.dtype) -> list[str]:
-    """Replace every eligible ``nn.Linear`` under ``module`` by a ``QuantLinear``; returns the names replaced."""
-    done = []
+def quantize_linears(module: nn.Module, mode: str, out_dtype: torch.dtype) -> tuple[list[str], list[str]]:
+    """Replace every eligible ``nn.Linear`` under ``module`` by a ``QuantLinear``; returns (names replaced, names
+    kept in ``out_dtype`` because their sizes do not fit the kernel)."""
+    done, kept = [], []
     for name, child in list(module.named_modules()):
         for cname, sub in list(child.named_children()):
-            if isinstance(sub, nn.Linear) and QuantLinear.supports(sub.in_features, sub.out_features, mode):
-                setattr(child, cname, QuantLinear(sub.weight, sub.bias, mode, out_dtype))
-                done.append(f"{name}.{cname}" if name else cname)
-    return done
+            if isinstance(sub, nn.Linear):
+                full = f"{name}.{cname}" if name else cname
+                if QuantLinear.supports(sub.in_features, sub.out_features, mode):
+                    setattr(child, cname, QuantLinear(sub.weight, sub.bias, mode, out_dtype))
+                    done.append(full)
+                else:
+                    kept.append(f"{full} ({sub.in_features}x{sub.out_features})")
+    return done, kept
 
 
 # --- backends -----------------------------------------------------------------------------------------------------
@@ -151,26 +206,59 @@ class TorchBackend:
             # Eager attention (additive mask): left padding makes fully masked query rows, which must give
             # numbers, not NaN, whatever SDPA kernel the GPU would pick; at <= 64 positions it costs nothing.
             net.backbone.set_attn_implementation("eager")
-        self.quantized = quantize_linears(net.backbone, mode, torch.bfloat16) if mode in ("fp8", "int8") else []
+        self.quantized: list[str] = []
+        self.kept_bf16: list[str] = []
+        if mode in ("fp8", "int8"):
+            require_kernels(self.device, mode)
+            self.quantized, self.kept_bf16 = quantize_linears(net.backbone, mode, torch.bfloat16)
+            log.info("%s: %d Linear layers quantised to %s: %s", name, len(self.quantized), mode,
+                     ", ".join(self.quantized) or "none")
+            if self.kept_bf16:   # sizes that are not multiples of the kernel's: these run in bf16
+                log.warning("%s: %d Linear layers kept in bf16 (sizes the %s kernel cannot take): %s", name,
+                            len(self.kept_bf16), mode, ", ".join(self.kept_bf16))
         self.net = net.eval()
-        self.table: torch.Tensor | None = None
+        self.table: torch.Tensor | None = None      # views of the first n_table rows of the capacity buffers
         self.table_f32: torch.Tensor | None = None
+        self._table_buf: torch.Tensor | None = None
+        self._f32_buf: torch.Tensor | None = None
         self.scoring: QuantLinear | None = None
         self.n_table = 0
 
     def set_table(self, table: torch.Tensor) -> None:
-        self.n_table = table.shape[0]
-        self.table = table.to(self.device, self.dtype)   # history lookup, in the backbone's dtype
-        rows = -(-self.n_table // 16) * 16
-        if self.mode in ("fp8", "int8") and QuantLinear.supports(table.shape[1], rows, self.mode):
+        n, dim = table.shape
+        cap = spare_capacity(n)
+        self._table_buf = torch.zeros(cap, dim, dtype=self.dtype, device=self.device)
+        self._f32_buf = None
+        self.n_table = 0
+        rows = -(-cap // 16) * 16
+        if self.mode in ("fp8", "int8") and QuantLinear.supports(dim, rows, self.mode):
             # h @ table.T is a Linear with the table as its weight: quantized per item, rows padded to a multiple
-            # of 16 (the padded rows score -inf below).
-            padded = torch.zeros(rows, table.shape[1], dtype=torch.float32, device=self.device)
-            padded[: self.n_table] = table.to(self.device, torch.float32)
-            self.scoring = QuantLinear(padded, None, self.mode, torch.float32, fp32_out=True)
+            # of 16 (rows past n_table score -inf below; cold-start items are quantized into them in place).
+            self.scoring = QuantLinear(torch.zeros(rows, dim, device=self.device), None, self.mode, torch.float32,
+                                       fp32_out=True)
         else:
+            if self.mode in ("fp8", "int8"):
+                log.warning("%s: item-scoring matmul kept in fp32 (hidden size %d)", self.name, dim)
             self.scoring = None
-            self.table_f32 = table.to(self.device, torch.float32)
+            self._f32_buf = torch.zeros(cap, dim, dtype=torch.float32, device=self.device)
+        self.append_rows(table)
+
+    def append_rows(self, rows: torch.Tensor) -> bool:
+        """Cold-start rows after the existing ones, in place (uploaded, and quantized if so, alone); False when the
+        spare capacity is used up."""
+        n, m = self.n_table, self.n_table + rows.shape[0]
+        if m > self._table_buf.shape[0]:
+            return False
+        rows = rows.to(self.device, torch.float32)
+        self._table_buf[n:m] = rows.to(self.dtype)
+        self.table = self._table_buf[:m]
+        if self.scoring is not None:
+            self.scoring.set_rows(n, rows)
+        else:
+            self._f32_buf[n:m] = rows
+            self.table_f32 = self._f32_buf[:m]
+        self.n_table = m
+        return True
 
     @torch.inference_mode()
     def _logits(self, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import weakref
-from typing import Any, Iterator, NoReturn
+from typing import Any, Awaitable, Callable, Iterable, Iterator, NoReturn
 
 import faust
 import orjson
@@ -123,6 +123,65 @@ def _delivered(fut) -> None:
         fatal("a message could not be delivered to Kafka", fut.exception())
 
 
+class RecoveringTable(faust.Table):
+    """A ``faust.Table`` that says which of its active partitions have just been recovered, after every
+    rebalance (``on_partitions_recovered``), and which were revoked (``on_partitions_revoked``).
+
+    Faust calls ``on_recovery_completed`` once the changelog of each newly assigned partition is read and *before*
+    it resumes fetching the partitions' events (``tables/recovery.Recovery.on_recovery_completed``); the table's
+    own ``on_recover`` callbacks are told nothing about which partitions.
+    """
+
+    on_partitions_recovered: Callable[[set[int]], Awaitable[None]] | None = None
+    on_partitions_revoked: Callable[[set[int]], Awaitable[None]] | None = None
+
+    _actives: set[int] = set()   # partitions active at the last recovery
+
+    async def on_rebalance(self, assigned, revoked, newly_assigned, generation_id: int = 0) -> None:
+        # Not ``revoked``: a partition that stops being active here usually stays assigned as a standby (same
+        # database, soon fed by the new owner's changelog writes). Noted now, before anything of the new owner's
+        # is read into it.
+        still = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic in self.changelog_topic.topics}
+        lost, self._actives = self._actives - still, self._actives & still
+        if lost and self.on_partitions_revoked is not None:
+            await self.on_partitions_revoked(lost)
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
+    async def on_recovery_completed(self, active_tps, standby_tps) -> None:
+        await super().on_recovery_completed(active_tps, standby_tps)
+        self._actives = {tp.partition for tp in active_tps}
+        if self.on_partitions_recovered is not None:
+            await self.on_partitions_recovered(set(self._actives))
+
+
+def partition_items(table: faust.Table, partition: int) -> Iterable[tuple[bytes, bytes]]:
+    """The stored (key, value) pairs of one partition of a RocksDB-backed table.
+
+    Faust's public iteration (``table.values()``) covers every active partition at once; the per-partition
+    database is only reachable through the store's ``_db_for_partition`` (faust/stores/rocksdb.py).
+    """
+    store = table.data
+    return store._visible_items(store._db_for_partition(partition))
+def consumer_lags(consumer: Any, topic: str) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> records after this worker's committed offset, for its assigned ``topic`` partitions.
+
+    Faust 0.15.3 keeps the committed offsets (Kafka's meaning: the next offset to read) in
+    ``Consumer._committed_offset``; before the first commit the read position stands in. The highwater is the one
+    aiokafka learnt from its last fetch of the partition.
+    """
+    lags = {}
+    for tp in consumer.assignment():
+        if tp.topic != topic:
+            continue
+        highwater = consumer.highwater(tp)
+        position = consumer._committed_offset.get(tp)
+        if position is None and consumer._read_offset.get(tp) is not None:
+            position = consumer._read_offset[tp] + 1
+        if highwater is not None and position is not None:
+            lags[(tp.topic, tp.partition)] = max(0, highwater - position)
+    return lags
+
+
 def create_app(settings: Settings, scorer=None) -> faust.App:
     n_partitions = spec_for(settings, INTERACTIONS).partitions
     app = faust.App(
@@ -158,8 +217,9 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
 
     # bytes -> Faust's raw codec: keys are UTF-8 user ids, values JSON we encode once ourselves
     # (state.encode_state); Faust's JSON codec would encode every write twice (RocksDB and changelog), slower.
-    user_state = app.Table("user_state", default=None, partitions=n_partitions, key_type=bytes, value_type=bytes,
-                           help="per-user history, counters, last seen and recently applied event ids")
+    user_state = app.tables.add(RecoveringTable(
+        app, name="user_state", default=None, beacon=app.tables.beacon, partitions=n_partitions, key_type=bytes,
+        value_type=bytes, help="per-user history, counters, last seen and recently applied event ids"))
 
     async def on_catalog_change(event: faust.EventT) -> None:
         # Called for every catalog changelog record a worker reads: during recovery on every worker, and live on
@@ -179,28 +239,45 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
                         catalog)
     app.scorer, app.user_state, app.catalog, app.pipeline = scorer, user_state, catalog, pipeline
 
-    @app.task
-    async def learn_from_table() -> None:
-        """Once the tables are recovered: the catalog's exclusions, and the scorer taught from the histories in this
-        worker's user_state partitions.
+    async def warm_scorer(partitions: set[int]) -> None:
+        """After every recovery: teach the scorer the histories in the user_state partitions this worker has just
+        gained (``Pipeline.warm_partitions``: each partition once, while its stream is still paused).
 
-        The scorers' online counts live in memory; without this a restarted worker (or one that took over
-        partitions) would recommend from nothing until the stream had taught it again.
+        The scorers' online counts live in memory; without this a restarted worker, or one that takes over
+        partitions at a rebalance, would recommend from nothing until the stream had taught it again.
         """
+        try:
+            users = await pipeline.warm_partitions(partitions, lambda p: partition_items(user_state, p))
+        except Exception as exc:   # an unreadable stored state (state.StateError) or store: a fault of the worker
+            fatal("warming the scorer from user_state failed", exc)
+        log.info("scorer warmed from the histories of %d users (partitions now warm: %s)", users,
+                 sorted(pipeline.warmed))
+
+    async def note_revoked(partitions: set[int]) -> None:
+        try:
+            await pipeline.forget_partitions(partitions, lambda p: partition_items(user_state, p))
+        except Exception as exc:
+            fatal("reading revoked user_state partitions failed", exc)
+
+    user_state.on_partitions_recovered = warm_scorer
+    user_state.on_partitions_revoked = note_revoked
+
+    @app.task
+    async def learn_catalog() -> None:
+        """Once the tables are recovered: the catalog's exclusions. Recovery from local RocksDB replays no changelog
+        records (nothing for on_catalog_change to see), yet a restarted worker must know at once what not to
+        recommend."""
         await app.tables.recovery.completed.wait()
-        # The catalog too: recovery from local RocksDB replays no changelog records (nothing for
-        # on_catalog_change to see), yet a restarted worker must know at once what not to recommend.
         for item_id, record in catalog.items():
             pipeline.apply_item(str(item_id), record)
-        users, chunk = 0, []
-        for _, raw in user_state.items():
-            chunk.append(raw)
-            if len(chunk) == 500:
-                users += pipeline.learn_histories(chunk)
-                chunk.clear()
-                await asyncio.sleep(0)   # let the agents run meanwhile
-        users += pipeline.learn_histories(chunk)
-        log.info("scorer warmed up from the histories of %d users", users)
+
+    @app.on_before_shutdown.connect
+    async def close_scorer(sender: faust.App, **kwargs: Any) -> None:
+        """Worker stop: close the micro-batcher (bounded wait for a model call in flight) so a call that never
+        returns cannot hold the stop, and its daemon thread cannot hold the interpreter's exit."""
+        close = getattr(scorer, "close", None)
+        if close is not None:
+            await close()
 
     @app.agent(interactions, name="process_interactions")
     async def process_interactions(stream):
@@ -220,6 +297,8 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
 
     @app.page("/metrics")
     async def metrics_page(web, request):
+        with contextlib.suppress(Exception):   # no consumer yet (starting): no lag to show
+            metrics.set_consumer_lag(consumer_lags(app.consumer, settings.topic(INTERACTIONS)))
         return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/health")

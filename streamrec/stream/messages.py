@@ -10,19 +10,35 @@ import orjson
 
 from streamrec.scoring import Scored
 
-SCHEMA_VERSION = 1
+RECOMMENDATION_VERSION = 2   # 2: items may carry "because" (the history items behind them); readers accept 1 and 2
+DEAD_LETTER_VERSION = 1
+
+
+def ranked(scored: Scored, because: dict[str, list[dict[str, str]]] | None = None) -> list[dict[str, Any]]:
+    """The message's ``items``: build once per answer when several events of a user share it.
+
+    ``because``: item id -> its reasons, each ``{"item_id": history item, "title": ...}`` (title when known)."""
+    items = [{"item_id": i, "score": round(float(s), 6), "rank": r} for r, (i, s) in enumerate(scored.items, start=1)]
+    if because:
+        for it in items:
+            reasons = because.get(it["item_id"])
+            if reasons:
+                it["because"] = reasons
+    return items
 
 
 def recommendation(user_id: str, scored: Scored, *, trigger_event_id: str, event_timestamp: float,
-                   redelivered: bool = False, now: float | None = None) -> dict[str, Any]:
+                   redelivered: bool = False, now: float | None = None,
+                   because: dict[str, list[dict[str, str]]] | None = None,
+                   items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``items``: the ranked list already built by ``ranked`` (else it is built here, with ``because``)."""
     scorer: dict[str, Any] = {"name": scored.scorer, "version": scored.version, "fallback": scored.fallback}
     if scored.fallback_reason:
         scorer["fallback_reason"] = scored.fallback_reason
     msg = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": RECOMMENDATION_VERSION,
         "user_id": user_id,
-        "items": [{"item_id": i, "score": round(float(s), 6), "rank": r}
-                  for r, (i, s) in enumerate(scored.items, start=1)],
+        "items": ranked(scored, because) if items is None else items,
         "scorer": scorer,
         "trigger_event_id": trigger_event_id,
         "event_timestamp": event_timestamp,
@@ -40,7 +56,7 @@ def dead_letter(*, reason: str, error: str, source_topic: str, partition: int | 
     message; the complete original stays at ``source_topic``/``source_partition``/``source_offset``)."""
     value = value or b""
     msg = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": DEAD_LETTER_VERSION,
         "reason": reason,
         "error": error,
         "source_topic": source_topic,

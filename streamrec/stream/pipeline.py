@@ -12,18 +12,20 @@ What goes where:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any, Iterable, MutableMapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, MutableMapping, Protocol, Sequence
 
 import orjson
 
 from streamrec import metrics
 from streamrec.config import Settings
 from streamrec.events import InvalidEvent, parse_event
-from streamrec.scoring import CooccurrenceScorer, ScoreRequest, Scored
+from streamrec.scoring import CooccurrenceScorer, Exclusion, ScoreRequest, Scored
 from streamrec.stream import messages
 from streamrec.stream.catalog import validate_item
+from streamrec.stream.prequential import Prequential
 from streamrec.stream.state import apply_event, decode_state, encode_state, history_items, seen_items
 from streamrec.stream.topics import DEAD_LETTER, INTERACTIONS, RECOMMENDATIONS
 
@@ -36,6 +38,7 @@ class Message(Protocol):          # the parts of a Kafka record the pipeline rea
     topic: str
     partition: int
     offset: int
+    timestamp: float | None         # the record's Kafka timestamp, seconds (when it was produced)
 
 
 class Event(Protocol):            # a Faust event, or anything with a .message
@@ -67,8 +70,15 @@ class Pipeline:
         self.sink = sink
         self.catalog = {} if catalog is None else catalog
         self.unavailable: set[str] = set()   # never recommended: available=false or deleted in the catalog
+        # What requests see of it: a frozen copy, made once per burst of catalog changes rather than once per
+        # request, and safe to read from a scorer thread while the catalog agent changes ``unavailable``.
+        self._unavailable_frozen: frozenset[str] | None = frozenset()
+        self._catalog_size: int | None = None   # items in the catalog table, counted once, then kept up to date
         self.topics = {name: settings.topic(name) for name in (INTERACTIONS, RECOMMENDATIONS, DEAD_LETTER)}
+        self.warmed: set[int] = set()        # user_state partitions whose histories the scorer has been taught
+        self._taught: dict[int, dict[bytes, int]] = {}   # revoked partition -> user key -> events taught then
         self._applied = metrics.EVENTS.labels("applied")
+        self.prequential = Prequential(settings.top_k)
         self._duplicate = metrics.EVENTS.labels("duplicate")
 
     # -- interactions ----------------------------------------------------------------------------------------
@@ -80,7 +90,7 @@ class Pipeline:
         """
         settings = self.settings
         metrics.AGENT_BATCH.observe(len(batch))
-        applied: list[tuple[Any, dict, bool]] = []
+        applied: list[tuple[Any, Event, bool]] = []
         # Newest state of each user touched by this batch, and the event to write it under: the table (RocksDB
         # + changelog) is written once per user per batch, not once per event.
         dirty: dict[str, tuple[Event, dict]] = {}
@@ -98,42 +108,85 @@ class Pipeline:
                 await self.sink.send(self.topics[INTERACTIONS], user.encode(), event.message.value)
                 metrics.EVENTS.labels("rekeyed").inc()
                 continue
-            try:
-                before = dirty[user][1] if user in dirty else decode_state(self.store.get(key, event))
-                after, is_new = apply_event(before, interaction, history_size=settings.history_size,
-                                            dedupe_window=settings.dedupe_window)
-            except Exception as exc:   # keep the worker alive; the event is kept in the dead-letter topic
-                log.exception("failed to apply event")
-                await self.dead_letter(event, "processing", f"{type(exc).__name__}: {exc}"[:500])
-                continue
+            # No try here: the event parsed, so a failure from now on is the worker's own (a store read error,
+            # a stored state that does not decode: state.StateError). It must stop the worker before the batch
+            # commits; dead-lettering would lose this valid event and every later one of this user.
+            before = dirty[user][1] if user in dirty else decode_state(self.store.get(key, event))
+            after, is_new = apply_event(before, interaction, history_size=settings.history_size,
+                                        dedupe_window=settings.dedupe_window)
             # Duplicates are written too: after a hard crash the local RocksDB can hold writes whose changelog
             # records never left the producer; rewriting the state when their events come back puts it in the
             # changelog again, so a worker that later rebuilds from the changelog alone still has them.
             dirty[user] = (event, after)
             if is_new:
+                self.judge(user, interaction.item_id)
                 self.scorer.observe(history_items(before), interaction.item_id)   # reaches its fallback too
                 self._applied.inc()
             else:
                 self._duplicate.inc()
-            applied.append((interaction, after, not is_new))
+            applied.append((interaction, event, not is_new))
         for user, (event, state) in dirty.items():
             self.store.put(event.message.key, encode_state(state), event)
         if not applied:
             return
         # Coalesce: one request per user, from their newest state; every event of theirs gets the answer.
-        latest = {i.user_id: s for i, s, _ in applied}
+        latest = {i.user_id: dirty[i.user_id][1] for i, _, _ in applied}
         users = list(latest)
         answers = dict(zip(users, await self.score([self.request(u, latest[u]) for u in users])))
-        for interaction, _, redelivered in applied:
-            msg = messages.recommendation(interaction.user_id, answers[interaction.user_id],
-                                          trigger_event_id=interaction.event_id,
-                                          event_timestamp=interaction.timestamp, redelivered=redelivered)
-            await self.sink.send(self.topics[RECOMMENDATIONS], interaction.user_id.encode(), messages.encode(msg))
+        for user, answer in answers.items():
+            self.prequential.served(user, [i for i, _ in answer.items], answer.fallback)
+        metrics.RECOMMENDED_ITEMS.set(len(self.prequential.stats.recommended))
+        # one ranked list (with its reasons) per user, shared by all of their messages
+        ranked = {u: messages.ranked(a, self.because(latest[u], a) if settings.explain else None)
+                  for u, a in answers.items()}
+        observe_latency = metrics.EVENT_LATENCY.observe
+        for interaction, event, redelivered in applied:
+            user = interaction.user_id
+            msg = messages.recommendation(user, answers[user], trigger_event_id=interaction.event_id,
+                                          event_timestamp=interaction.timestamp, redelivered=redelivered,
+                                          items=ranked[user])
+            await self.sink.send(self.topics[RECOMMENDATIONS], user.encode(), messages.encode(msg))
+            produced = getattr(event.message, "timestamp", None)
+            if produced:
+                observe_latency(max(0.0, msg["generated_at"] - produced))
         metrics.RECOMMENDATIONS.inc(len(applied))
 
+    def judge(self, user_id: str, item_id: str) -> None:
+        """Prequential quality: the list last served to this user against the item they just chose."""
+        judged = self.prequential.judge(user_id, item_id)
+        if judged is not None:
+            hit, gain, rr = judged
+            metrics.PREQ_EVENTS.inc()
+            metrics.PREQ_HITS.inc(hit)
+            metrics.PREQ_NDCG.inc(gain)
+            metrics.PREQ_RR.inc(rr)
+            metrics.PREQ_FALLBACK.inc(int(self.prequential.last[user_id][1]))
+
     def request(self, user_id: str, state: dict) -> ScoreRequest:
+        frozen = self._unavailable_frozen
+        if frozen is None:
+            frozen = self._unavailable_frozen = frozenset(self.unavailable)
+        seen = frozenset() if self.settings.recommend_seen else seen_items(state)
         return ScoreRequest(user_id, tuple(history_items(state)), self.settings.top_k,
-                            frozenset(seen_items(state) | self.unavailable), state["total"])
+                            Exclusion(seen, frozen), state["total"])
+
+    def because(self, state: dict, answer: Scored) -> dict[str, list[dict[str, str]]]:
+        """Why each item was recommended: the history item that co-occurred with it most (from the co-occurrence
+        model, which every scorer keeps as its fallback), with its title when the catalog has one."""
+        cooc = self.fallback if isinstance(self.fallback, CooccurrenceScorer) else None
+        if cooc is None or not answer.items:
+            return {}
+        history = history_items(state)
+        out: dict[str, list[dict[str, str]]] = {}
+        for item, _ in answer.items:
+            reasons = []
+            for h in cooc.because(history, item):
+                record = self.catalog.get(h)
+                title = record.get("title") if isinstance(record, dict) else None
+                reasons.append({"item_id": h, "title": title} if title else {"item_id": h})
+            if reasons:
+                out[item] = reasons
+        return out
 
     async def score(self, requests: list[ScoreRequest]) -> list[Scored]:
         started = time.perf_counter()
@@ -187,25 +240,69 @@ class Pipeline:
             return
         # A deletion is kept as a marker record, not removed: a restarted worker must still know not to
         # recommend the item, long after Kafka has compacted a tombstone away.
+        if self._catalog_size is None:   # once: len() of a RocksDB table reads every key
+            self._catalog_size = len(self.catalog)
+        if item_id not in self.catalog:
+            self._catalog_size += 1
         self.catalog[item_id] = record if record is not None else {"item_id": item_id, "deleted": True}
         self.apply_item(item_id, record)
-        metrics.CATALOG_ITEMS.set(len(self.catalog))
+        metrics.CATALOG_ITEMS.set(self._catalog_size)
 
     def apply_item(self, item_id: str, record: dict | None) -> None:
         """Every worker's view of the catalog: what not to recommend, and new items for the scorer (cold start)."""
-        gone = record is None or record.get("deleted") or not record.get("available", True)
-        (self.unavailable.add if gone else self.unavailable.discard)(item_id)
+        gone = bool(record is None or record.get("deleted") or not record.get("available", True))
+        if gone != (item_id in self.unavailable):
+            (self.unavailable.add if gone else self.unavailable.discard)(item_id)
+            self._unavailable_frozen = None
         if hasattr(self.scorer, "on_item"):
             self.scorer.on_item(item_id, None if record is None or record.get("deleted") else record)
 
     # -- warm start ------------------------------------------------------------------------------------------
 
-    def learn_histories(self, states: Iterable[bytes | None]) -> int:
-        """Teach the scorer the histories of stored user states (after recovery); returns how many users."""
+    async def warm_partitions(self, partitions: Iterable[int],
+                              read: Callable[[int], Iterable[tuple[bytes, bytes | None]]], chunk: int = 500) -> int:
+        """Teach the scorer the stored histories of the user_state partitions it has just gained; returns how many
+        users were replayed. ``read(p)`` yields partition ``p``'s (key, stored state) pairs.
+
+        Called after every recovery with the worker's active partitions (``app.py``), so partitions gained at a
+        later rebalance warm the scorer too. Nothing is counted twice:
+          * the caller runs this while the partitions' streams are still paused (after their table recovery,
+            before Faust resumes fetching), so no event of theirs is applied while their histories replay;
+          * a partition held since an earlier assignment is skipped: its events are in the counts already;
+          * a partition this worker held before, lost (``forget_partitions`` noted each user's event count then)
+            and has now gained back: only each user's events applied elsewhere since are taught.
+        """
         users = 0
-        for raw in states:
-            items = history_items(decode_state(raw))
-            for i, item in enumerate(items):
-                self.scorer.observe(items[:i], item)
-            users += 1
+        for partition in sorted(set(partitions) - self.warmed):
+            taught = self._taught.pop(partition, {})
+            n = 0
+            for key, raw in read(partition):
+                state = decode_state(raw)
+                if state is None:
+                    continue
+                items = history_items(state)
+                new = min(state["total"] - taught.get(key, 0), len(items))
+                for i in range(len(items) - max(new, 0), len(items)):
+                    self.scorer.observe(items[:i], items[i])
+                users += new > 0
+                n += 1
+                if n % chunk == 0:
+                    await asyncio.sleep(0)   # the consumer's heartbeats and the web pages run meanwhile
+            self.warmed.add(partition)
+        metrics.WARMUP_USERS.inc(users)
         return users
+
+    async def forget_partitions(self, partitions: Iterable[int],
+                                read: Callable[[int], Iterable[tuple[bytes, bytes | None]]], chunk: int = 500) -> None:
+        """Partitions revoked from this worker (their stores still readable): note how many events of each user the
+        scorer has been taught, so that gaining the partition back teaches only what was applied elsewhere."""
+        for partition in sorted(set(partitions) & self.warmed):
+            taught: dict[bytes, int] = {}
+            for n, (key, raw) in enumerate(read(partition), 1):
+                state = decode_state(raw)
+                if state is not None:
+                    taught[key] = state["total"]
+                if n % chunk == 0:
+                    await asyncio.sleep(0)
+            self._taught[partition] = taught
+            self.warmed.discard(partition)

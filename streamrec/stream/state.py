@@ -5,7 +5,15 @@ A state is a plain JSON-able dict so that the table's changelog stays readable a
     {"history": [[item_id, event_type, timestamp], ...],   # oldest first, at most history_size
      "counts": {"view": 3, "purchase": 1, ...},            # lifetime events applied, by type
      "total": 4, "first_seen": 1.7e9, "last_seen": 1.7e9,
-     "recent_event_ids": ["e1", "e2", ...]}                 # at most dedupe_window, oldest first
+     "recent_event_ids": ["e1", "e2", ...],                 # at most dedupe_window, oldest first
+     "v": 2}                                                # STATE_VERSION: the format this state is in
+
+Stored states outlive the code that wrote them (RocksDB volumes, the compacted changelog), so every stored state
+says which format it is in and ``decode_state`` migrates older formats on read. A state it cannot read is a fault
+of the worker's own data, not bad input: ``StateError``, which stops the worker (``app.fatal``) before the batch
+commits, instead of sending the user's valid events to the dead-letter topic one after another.
+
+Formats: 1 = the original, unversioned dict (no "v" key); 2 = the same fields plus "v".
 """
 
 from __future__ import annotations
@@ -17,10 +25,17 @@ import orjson
 from streamrec.events import Interaction
 
 UserState = dict[str, Any]
+STATE_VERSION = 2
+_FIELDS = ("history", "counts", "total", "first_seen", "last_seen", "recent_event_ids")
+
+
+class StateError(RuntimeError):
+    """A stored user state this code cannot read: corrupt bytes, a newer format, or missing fields."""
 
 
 def new_state() -> UserState:
-    return {"history": [], "counts": {}, "total": 0, "first_seen": None, "last_seen": None, "recent_event_ids": []}
+    return {"history": [], "counts": {}, "total": 0, "first_seen": None, "last_seen": None, "recent_event_ids": [],
+            "v": STATE_VERSION}
 
 
 def is_duplicate(state: UserState, event: Interaction) -> bool:
@@ -60,6 +75,7 @@ def apply_event(state: UserState | None, event: Interaction, *, history_size: in
         "first_seen": event.timestamp if first is None else min(first, event.timestamp),
         "last_seen": event.timestamp if last is None else max(last, event.timestamp),
         "recent_event_ids": ids,
+        "v": STATE_VERSION,
     }, True
 
 
@@ -77,5 +93,32 @@ def encode_state(state: UserState) -> bytes:
     return orjson.dumps(state)
 
 
+def _from_v1(state: UserState) -> UserState:
+    return {**state, "v": 2}
+
+
+# version -> the function that lifts a state of that version by one; decode_state chains them
+_MIGRATIONS = {1: _from_v1}
+
+
 def decode_state(raw: bytes | None) -> UserState | None:
-    return None if raw is None else orjson.loads(raw)
+    """The stored bytes as a current-format state (older formats migrated); ``StateError`` when unreadable."""
+    if raw is None:
+        return None
+    try:
+        state = orjson.loads(raw)
+    except ValueError as exc:   # orjson.JSONDecodeError is a ValueError
+        raise StateError(f"stored user state is not JSON ({exc}): {bytes(raw[:80])!r}") from exc
+    if not isinstance(state, dict):
+        raise StateError(f"stored user state is a {type(state).__name__}, not an object: {bytes(raw[:80])!r}")
+    version = state.get("v", 1)
+    if not isinstance(version, int) or not 1 <= version <= STATE_VERSION:
+        raise StateError(f"stored user state has format version {version!r}; this worker reads 1..{STATE_VERSION}"
+                         " (a newer release wrote it?)")
+    while version < STATE_VERSION:
+        state = _MIGRATIONS[version](state)
+        version = state["v"]
+    missing = [f for f in _FIELDS if f not in state]
+    if missing:
+        raise StateError(f"stored user state (format {version}) lacks {', '.join(missing)}")
+    return state

@@ -52,7 +52,11 @@ def format_recommendation(msg: dict, titles: dict[str, str] | None = None) -> st
     lines = [head]
     for it in msg.get("items", []):
         title = titles.get(it["item_id"])
-        lines.append(f"  {it['rank']:>2}. {it['item_id']:<12} {it['score']:>9.4f}" + (f"  {title[:60]}" if title else ""))
+        line = f"  {it['rank']:>2}. {it['item_id']:<12} {it['score']:>9.4f}" + (f"  {title[:60]}" if title else "")
+        for why in it.get("because", ()):   # schema_version 2; absent in version 1 messages
+            name = why.get("title") or titles.get(why["item_id"]) or why["item_id"]
+            line += f"  (because: {name[:40]})"
+        lines.append(line)
     return "\n".join(lines)
 
 

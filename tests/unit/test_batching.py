@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from streamrec.serve.batching import MicroBatcher
+from streamrec.serve.batching import BatcherClosed, MicroBatcher
 from streamrec.scoring import CooccurrenceScorer, Scored, ScoreRequest
 
 pytestmark = pytest.mark.timeout(30)
@@ -417,3 +417,55 @@ def test_scorer_returning_too_few_results_falls_back_instead_of_stranding_caller
 def test_bad_limits(size, queue):
     with pytest.raises(ValueError):
         MicroBatcher(FakeScorer(), max_batch_size=size, max_queue=queue)
+
+
+# --- shutdown ----------------------------------------------------------------------------------------------
+def test_close_is_bounded_and_answers_every_waiting_caller():
+    gate = threading.Event()        # never set by the test: a model call that never returns
+    scorer = FakeScorer(gate=gate)
+
+    async def go():
+        b = MicroBatcher(scorer, max_batch_size=1, max_wait_ms=1, timeout_s=5.0)
+        first = asyncio.ensure_future(b.submit(req("u1", "a")))    # in the model thread, stuck
+        await asyncio.get_running_loop().run_in_executor(None, scorer.started.wait, 5)
+        second = asyncio.ensure_future(b.submit(req("u2", "b")))   # queued behind it
+        await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        await b.close(timeout_s=0.2)
+        took = time.perf_counter() - started
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        with pytest.raises(BatcherClosed):
+            await b.submit(req("u3", "c"))
+        return took, results, b._pool.thread
+
+    took, results, thread = run(go)
+    gate.set()
+    assert took < 2.0, took
+    assert all(isinstance(r, BatcherClosed) for r in results), results
+    assert thread.daemon
+
+
+def test_a_hung_model_call_does_not_keep_the_interpreter_from_exiting(tmp_path):
+    """The process-level promise: with a model call that never returns, close() then exit takes bounded time.
+    (A ThreadPoolExecutor's thread is joined at interpreter exit and would hang here until the timeout.)"""
+    import subprocess
+    import sys
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import asyncio, threading\n"
+        "from streamrec.serve.batching import MicroBatcher\n"
+        "from streamrec.scoring import ScoreRequest, Scored\n"
+        "class Hang:\n"
+        "    name, version = 'hang', '1'\n"
+        "    def score(self, requests):\n"
+        "        threading.Event().wait()\n"
+        "async def main():\n"
+        "    b = MicroBatcher(Hang(), max_batch_size=1, max_wait_ms=1, timeout_s=0.1)\n"
+        "    t = asyncio.ensure_future(b.submit(ScoreRequest('u', ('a',), 5)))\n"
+        "    await asyncio.sleep(0.3)\n"
+        "    await b.close(timeout_s=0.1)\n"
+        "    await asyncio.gather(t, return_exceptions=True)\n"
+        "asyncio.run(main())\n"
+        "print('exited')\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and "exited" in out.stdout, out.stderr

@@ -49,3 +49,11 @@ def test_reranker_over_cooc_is_micro_batched_and_learns_once(tmp_path):
     for r in results:
         assert r.scorer == "llm-rerank" and not r.fallback
         assert {i for i, _ in r.items} <= {"2", "3"} and "1" not in {i for i, _ in r.items}
+
+
+def test_scorer_none_keeps_the_answer_trivial():
+    """``scorer=none`` (benchmarks: the framework without the scorer) answers every request, with no items."""
+    scorer = build_scorer(Settings(scorer="none"))
+    scorer.observe(["a"], "b")
+    [answer] = scorer.score([ScoreRequest("u", ("a", "b"), 10)])
+    assert (answer.items, answer.scorer) == ([], "none")

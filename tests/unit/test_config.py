@@ -140,3 +140,14 @@ def test_as_dict_hides_password():
     assert s.kafka_sasl_password == "hunter2"          # the object itself is untouched
     assert d["app_id"] == "streamrec" and set(d) == {f.name for f in dataclasses.fields(Settings)}
     assert Settings().as_dict()["kafka_sasl_password"] == ""
+
+
+def test_boolean_settings_from_flags_and_env_read_false_as_false():
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, ["recommend_seen"])
+    assert from_args(parser.parse_args(["--recommend-seen", "false"])).recommend_seen is False
+    assert from_args(parser.parse_args(["--recommend-seen", "yes"])).recommend_seen is True
+    assert Settings.from_env({"STREAMREC_RECOMMEND_SEEN": "true"}).recommend_seen is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--recommend-seen", "maybe"])

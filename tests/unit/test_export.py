@@ -104,7 +104,9 @@ def test_export_report_records_the_checks(trained):
     assert report["fingerprint"] == model_fingerprint(d)
     assert report["exporter"] in ("dynamo", "torchscript")
     assert report["checks"]["fp32_max_abs_diff_vs_torch"] < 1e-4
-    assert 0.0 <= report["checks"]["int8_top10_overlap_vs_fp32"] <= 1.0
+    # the checks the export ran on its own histories: fp32 ranks as torch does, int8 keeps most of the top 10
+    assert report["checks"]["fp32_top10_overlap_vs_torch"] >= 0.99
+    assert report["checks"]["int8_top10_overlap_vs_fp32"] >= 0.9
     assert is_current(d, paths["report"].parent, ["fp32", "int8"])
 
 

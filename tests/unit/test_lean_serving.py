@@ -56,6 +56,9 @@ def test_item_table_equals_the_torch_model_also_after_growing(text_model):
     model.set_item_text([N_ITEMS + 1, N_ITEMS + 2], emb)   # ItemLM takes arrays too
     with torch.no_grad():
         assert np.allclose(table.item_embeddings(), model.item_embeddings().numpy(), atol=1e-5)
+        rows = [N_ITEMS + 2, 3]   # only the rows asked for (what cold start appends), in that order
+        assert table.item_embeddings(rows).shape == (2, 16)
+        assert np.allclose(table.item_embeddings(rows), model.item_embeddings(rows).numpy(), atol=1e-5)
     assert table.config.n_items == model.config.n_items == N_ITEMS + 2
 
 

@@ -27,12 +27,25 @@ def scored(**kw):
 def test_recommendation_validates_and_has_schema_version():
     msg = messages.recommendation("u1", scored(), trigger_event_id="e1", event_timestamp=1.5, now=2.0)
     REC.validate(msg)
-    assert msg["schema_version"] == 1
+    assert msg["schema_version"] == 2
     assert msg["generated_at"] == 2.0 and msg["event_timestamp"] == 1.5 and msg["trigger_event_id"] == "e1"
     assert [(i["item_id"], i["rank"]) for i in msg["items"]] == [("i1", 1), ("i2", 2), ("i3", 3)]
     assert msg["items"][0]["score"] == 0.912346
     assert msg["scorer"] == {"name": "cooc", "version": "cooc-1", "fallback": False}
     assert "redelivered" not in msg
+
+
+def test_recommendation_reasons_version_2_and_version_1_still_valid():
+    msg = messages.recommendation("u1", scored(), trigger_event_id="e1", event_timestamp=1.5, now=2.0,
+                                  because={"i1": [{"item_id": "h9", "title": "Nine"}], "i3": [{"item_id": "h2"}]})
+    REC.validate(msg)
+    assert msg["items"][0]["because"] == [{"item_id": "h9", "title": "Nine"}]
+    assert "because" not in msg["items"][1] and msg["items"][2]["because"] == [{"item_id": "h2"}]
+    old = messages.recommendation("u1", scored(), trigger_event_id="e1", event_timestamp=1.5, now=2.0)
+    old["schema_version"] = 1                       # what workers before version 2 published: still valid
+    REC.validate(old)
+    from streamrec.tools.tail import format_recommendation
+    assert "(because: Nine)" in format_recommendation(msg) and "because" not in format_recommendation(old)
 
 
 def test_recommendation_fallback_and_redelivered():
@@ -64,7 +77,7 @@ def test_recommendation_generated_at_defaults_to_now():
 
 @pytest.mark.parametrize("mutate", [
     lambda m: m.pop("schema_version"),
-    lambda m: m.update(schema_version=2),
+    lambda m: m.update(schema_version=3),
     lambda m: m["items"][0].update(rank=0),
     lambda m: m["scorer"].update(extra=1),
     lambda m: m.update(user_id=""),

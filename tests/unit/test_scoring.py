@@ -163,3 +163,38 @@ def test_load_file_without_hyperparameters(tmp_path):
     s = CooccurrenceScorer.load(path)
     assert s.window == 4 and s.decay == CooccurrenceScorer().decay
     assert items(s, ["a"], exclude={"a"}) == ["b"]
+
+
+def test_popular_top_up_reads_a_maintained_list_not_every_count():
+    s = CooccurrenceScorer(popular_n=8)
+    for i in range(2000):
+        for _ in range(1 + i % 50):
+            s.observe([], f"i{i}")
+    s.pop.most_common = None   # the old top-up sorted every count per request; nothing may call it now
+    expected = [f"i{i}" for i in sorted(range(2000), key=lambda i: (-(1 + i % 50), -i))]
+    # excluded: the whole maintained list and more, so the answer has to reach past it (still correct)
+    excl = set(expected[:30])
+    got = items(s, [], k=10, exclude=excl)
+    best = [c for c in expected if c not in excl]
+    assert {s.pop[c] for c in got} == {s.pop[c] for c in best[:10]} and not set(got) & excl
+    assert len(s._popular) <= 16
+
+
+def test_memory_is_bounded_by_max_items_keeping_the_most_popular():
+    s = CooccurrenceScorer(max_items=100)
+    s.observe([], "hot1")
+    for _ in range(30):
+        s.observe(["hot1"], "hot2")
+    for i in range(5000):   # a stream of one-off ids
+        s.observe(["hot1", f"x{i - 1}"], f"x{i}")
+    limit = 100 + 25
+    assert len(s.pop) <= limit and len(s.cooc) <= limit and len(s._changes) <= limit and len(s._top) <= limit
+    assert s.pop["hot2"] == 30 and "hot2" in s.cooc["hot1"]
+    assert "hot2" in items(s, ["hot1"])
+
+
+def test_exclusion_is_a_collection_over_seen_and_unavailable():
+    from streamrec.scoring import Exclusion
+    e = Exclusion({"a", "b"}, frozenset({"b", "c"}))
+    assert "a" in e and "c" in e and "d" not in e
+    assert sorted(e) == ["a", "b", "c"] and len(e) == 3

@@ -313,7 +313,7 @@ def test_a_training_artefact_directory_is_accepted(model_dir, tmp_path):
 @pytest.mark.parametrize("rows", [1, 40])
 @pytest.mark.parametrize("rowwise", [True, False])
 def test_quant_linear_is_close_to_linear(mode, tol, rows, rowwise, monkeypatch):
-    monkeypatch.setitem(torch_backends._ROWWISE, "cpu", rowwise)   # False: the tensor-wise GEMM + fp32 rescale path
+    monkeypatch.setitem(torch_backends._PROBED, ("cpu", "fp8_rowwise"), rowwise)   # False: tensor-wise + fp32 rescale
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 48, bias=True)
     x = torch.randn(rows, 64)
@@ -326,12 +326,17 @@ def test_quant_linear_is_close_to_linear(mode, tol, rows, rowwise, monkeypatch):
         assert (got.float() - want).norm() / want.norm() < tol
 
 
-def test_fp8_layout_passes_the_cuda_checks():
-    # On the meta device torch applies _scaled_mm's CUDA rules (row-major A, column-major B, K and N % 16).
+@pytest.mark.parametrize("rowwise", [True, False])
+def test_fp8_layout_passes_the_cuda_checks(rowwise, monkeypatch):
+    # On the meta device torch applies _scaled_mm's CUDA rules (row-major A, column-major B, K and N % 16). The
+    # probe answers False there without probing, so each path is forced in turn.
+    monkeypatch.setitem(torch_backends._PROBED, ("meta", "fp8_rowwise"), rowwise)
     w = torch.empty(48, 64, device="meta")
     x = torch.empty(5, 7, 64, device="meta", dtype=torch.bfloat16)
     for fp32_out in (False, True):
-        assert QuantLinear(w, None, "fp8", torch.bfloat16, fp32_out=fp32_out)(x).shape == (5, 7, 48)
+        layer = QuantLinear(w, None, "fp8", torch.bfloat16, fp32_out=fp32_out)
+        assert layer.rowwise == (rowwise and not fp32_out)
+        assert layer(x).shape == (5, 7, 48)
     a = torch.empty(5, 64, device="meta", dtype=torch.float8_e4m3fn)
     b_row_major = torch.empty(64, 48, device="meta", dtype=torch.float8_e4m3fn)
     with pytest.raises(RuntimeError, match="col_major"):   # the check is live: a row-major B is refused
@@ -339,6 +344,50 @@ def test_fp8_layout_passes_the_cuda_checks():
                          scale_b=torch.ones(1, 48, device="meta"), out_dtype=torch.bfloat16)
     with pytest.raises(ValueError):
         QuantLinear(torch.empty(40, 60), None, "fp8", torch.bfloat16)
+
+
+def test_the_capability_probe_answers_false_off_cuda_without_probing(monkeypatch):
+    def no_gemm(*a, **kw):
+        raise AssertionError("probed a device that cannot answer")
+    monkeypatch.setattr(torch, "_scaled_mm", no_gemm)
+    monkeypatch.setattr(torch, "_int_mm", no_gemm)
+    for device in ("meta", "cpu"):
+        for kernel in ("fp8_rowwise", "fp8_tensorwise", "int8"):
+            assert torch_backends.kernel_supported(torch.device(device), kernel) is False
+        assert torch_backends.fp8_rowwise_supported(torch.device(device)) is False
+        torch_backends.require_kernels(torch.device(device), "fp8")   # the CPU path of cuda-* needs no probe
+
+
+@pytest.mark.parametrize("kernel", ["fp8_rowwise", "fp8_tensorwise", "int8"])
+def test_the_probe_makes_calls_cuda_accepts(kernel):
+    # The meta device checks the CUDA layout and dtype rules of the probe's own calls: a probe that failed on its
+    # own arguments would switch a capable GPU to the slow path (or refuse the mode).
+    torch_backends._kernel_call(kernel, torch.device("meta"))
+
+
+def test_a_gpu_whose_kernels_fail_refuses_the_mode(monkeypatch):
+    monkeypatch.setitem(torch_backends._PROBED, ("cuda", "fp8_tensorwise"), False)
+    monkeypatch.setitem(torch_backends._PROBED, ("cuda", "int8"), True)
+    with pytest.raises(RuntimeError, match="_scaled_mm"):
+        torch_backends.require_kernels(torch.device("cuda"), "fp8")
+    torch_backends.require_kernels(torch.device("cuda"), "int8")
+
+
+def test_partial_quantisation_is_logged_with_the_layers_kept_in_bf16(tmp_path, caplog):
+    torch.manual_seed(0)
+    odd = ItemLM(ItemLMConfig(n_items=20, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              num_key_value_heads=2, intermediate_size=40, max_position_embeddings=8))
+    odd.save_pretrained(tmp_path)
+    ItemVocab(item(i) for i in range(1, 21)).save(tmp_path)
+    with caplog.at_level("INFO", logger="streamrec.serve.torch_backends"):
+        scorer = make(tmp_path, "cuda-fp8")
+    b = scorer.backend
+    assert sorted(b.quantized) == ["layers.0.self_attn." + p for p in ("k_proj", "o_proj", "q_proj", "v_proj")]
+    assert sorted(n.split()[0] for n in b.kept_bf16) == ["layers.0.mlp." + p for p in ("down_proj", "gate_proj",
+                                                                                       "up_proj")]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("kept in bf16" in m and "layers.0.mlp.gate_proj (32x40)" in m for m in warned), warned
+    assert any("4 Linear layers quantised" in r.getMessage() for r in caplog.records)
 
 
 def test_quantized_backend_replaces_every_backbone_linear(model_dir):
@@ -371,9 +420,155 @@ def test_group_lengths_makes_one_call_per_padded_width_with_the_same_answers(mod
     assert calls.n == 1
 
 
-def test_the_default_encoder_call_is_quiet_and_uncached(monkeypatch):
+def test_the_default_encoder_is_called_quietly_uncached_and_its_embedding_is_used(model_dir, tmp_path, monkeypatch):
     import streamrec.model.text
+    d = tmp_path / "model"
+    shutil.copytree(model_dir, d)
+    (d / "train_config.json").write_text('{"text_model": "/models/enc"}')
     calls = []
-    monkeypatch.setattr(streamrec.model.text, "embed_texts", lambda texts, **kw: calls.append((texts, kw)) or "emb")
-    assert serving._embed_texts(["Lip balm"], "/models/enc") == "emb"
+    want = np.arange(TEXT_DIM, dtype=np.float32)[None] / 10
+
+    def encoder(texts, **kw):
+        calls.append((list(texts), kw))
+        return want
+    monkeypatch.setattr(streamrec.model.text, "embed_texts", encoder)
+    scorer = make(d, "torch")                 # no embed_fn: the trainer's encoder through _embed_texts
+    scorer.on_item("new-9", {"title": "Lip balm"})
+    assert scorer.flush_items() == 1
     assert calls == [(["Lip balm"], {"model": "/models/enc", "progress": False, "use_cache": False})]
+    token = scorer.vocab.id_to_token["new-9"]
+    np.testing.assert_array_equal(scorer.model.item_text[token].numpy(), want[0])
+
+
+# --- cold start: kept until embedded, rows appended ----------------------------------------------------------------
+
+def test_cold_start_items_stay_queued_through_embedding_failures_and_are_retried_with_backoff(model_dir,
+                                                                                             monkeypatch):
+    from types import SimpleNamespace
+
+    from streamrec import metrics
+    clock = [1000.0]
+    monkeypatch.setattr(serving, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    calls, failures = [], [2]
+
+    def flaky(texts):
+        calls.append(list(texts))
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError("encoder unavailable")
+        return fake_embed(texts)
+
+    def backlog():
+        return metrics.COLD_START_BACKLOG._value.get()
+
+    scorer = make(model_dir, "torch", embed_fn=flaky)
+    scorer.on_item("new-a", {"title": "A"})
+    scorer.on_item("new-b", {"title": "B"})
+    assert backlog() == 2
+    assert scorer.flush_items() == 0 and len(calls) == 1 and backlog() == 2   # failed: both still queued
+    assert scorer.flush_items() == 0 and len(calls) == 1                      # backoff: not retried at once
+    clock[0] += 1.0
+    assert scorer.flush_items() == 0 and len(calls) == 2                      # failed again: backoff doubles
+    clock[0] += 1.0
+    assert scorer.flush_items() == 0 and len(calls) == 2
+    clock[0] += 1.0
+    assert scorer.flush_items() == 2 and calls[-1] == ["A", "B"]
+    assert "new-a" in scorer.vocab and "new-b" in scorer.vocab and backlog() == 0
+    assert scorer.flush_items() == 0 and len(calls) == 3
+
+
+def _table_state(b) -> dict[str, tuple[np.ndarray, int]]:
+    """Copies of a backend's item-table buffers, each with the axis its items run along."""
+    if isinstance(b, OrtBackend):
+        return {"table": (b.table.copy(), 0)}
+    out = {"table": (b.table.float().numpy().copy(), 0)}
+    if b.scoring is not None:   # the quantized item-scoring layer: items are its output channels (columns of wq_t)
+        out["wq_t"] = (b.scoring.wq_t.float().numpy().copy(), 1)
+        out["w_scale"] = (b.scoring.w_scale.numpy().copy(), 1)
+    else:
+        out["table_f32"] = (b.table_f32.numpy().copy(), 0)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx-int8", "cuda-bf16", "cuda-fp8", "cuda-int8"])
+def test_cold_start_appends_rows_and_leaves_the_existing_table_alone(model_dir, backend, monkeypatch):
+    scorer = make(model_dir, backend, embed_fn=fake_embed)
+    b = scorer.backend
+    n = N_ITEMS + 1
+    before = _table_state(b)
+    monkeypatch.setattr(b, "set_table", lambda t: pytest.fail("the whole item table was uploaded again"))
+    full = scorer.model.item_embeddings
+
+    def rows_only(tokens=None):
+        assert tokens is not None, "the whole item table was recomputed"
+        return full(tokens)
+    monkeypatch.setattr(scorer.model, "item_embeddings", rows_only)
+    for i in range(3):
+        scorer.on_item(f"new-{i}", {"title": f"item {i}"})
+    assert scorer.flush_items() == 3
+    after = _table_state(b)
+    for name, (x, axis) in before.items():   # existing items' rows, quantized copies and scales: unchanged
+        y = after[name][0]
+        np.testing.assert_array_equal(np.take(y, range(n), axis), np.take(x, range(n), axis), err_msg=name)
+    assert after["table"][0].shape[0] == n + 3
+    monkeypatch.undo()
+    want = scorer.model.item_embeddings()[n:]   # the grown model's own rows (ItemLM, or ItemTable on ONNX)
+    want = want.detach().numpy() if isinstance(want, torch.Tensor) else want
+    np.testing.assert_allclose(after["table"][0][n:], want, atol=0.05 if backend.startswith("cuda") else 1e-6,
+                               rtol=0.02)
+    # and they score: with every trained item excluded, the new ones are what is left
+    everything_known = frozenset(item(i) for i in range(1, N_ITEMS + 1))
+    [a] = scorer.score([ScoreRequest("u", (item(1), "new-0"), 5, everything_known)])
+    assert {i for i, _ in a.items} == {"new-0", "new-1", "new-2"} and all(np.isfinite(s) for _, s in a.items)
+
+
+def test_a_table_past_its_spare_capacity_is_uploaded_once_in_full(model_dir, monkeypatch):
+    monkeypatch.setattr(torch_backends, "spare_capacity", lambda n: n + 1)
+    scorer = make(model_dir, "torch", embed_fn=fake_embed)
+    for i in range(3):
+        scorer.on_item(f"new-{i}", {"title": f"item {i}"})
+    assert scorer.flush_items() == 3
+    assert scorer.backend.n_table == N_ITEMS + 4
+    torch.testing.assert_close(scorer.backend.table, scorer.model.item_embeddings().detach())
+
+
+# --- warm-up -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["cuda-int8"])
+def test_warm_up_runs_every_padded_width_through_the_scoring_path(model_dir, backend, monkeypatch):
+    scorer = make(model_dir, backend)
+    shapes = []
+    original = scorer.backend.topk
+    monkeypatch.setattr(scorer.backend, "topk", lambda ids, *a: shapes.append(ids.shape) or original(ids, *a))
+    assert scorer.warm_up((1, 4)) == 6
+    assert shapes == [(1, 8), (4, 8), (1, 16), (4, 16), (1, 20), (4, 20)]
+
+
+def test_build_lm_scorer_warms_up_before_returning(model_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    scorer = build_lm_scorer(Settings(model_dir=str(model_dir), backend="onnx", max_batch_size=16))
+    assert scorer.backend.calls == 2 * len(scorer.buckets)   # batch sizes 1 and max_batch_size, every width
+
+
+# --- empty-history popularity --------------------------------------------------------------------------------------
+
+def test_empty_history_answers_do_not_scan_every_count(model_dir, monkeypatch):
+    scorer = make(model_dir, "torch")
+    for n in range(5000):
+        scorer.observe((), f"tail-{n}")
+    for _ in range(3):
+        scorer.observe((), item(7))
+    for _ in range(2):
+        scorer.observe((), item(8))
+    counted = scorer.popularity.counts
+
+    class NoScan(dict):
+        def values(self):
+            raise AssertionError("summed every count")
+
+        def items(self):
+            raise AssertionError("sorted every count")
+    scorer.popularity.counts = NoScan(counted)
+    [e] = scorer.score([ScoreRequest("w", (), 2)])
+    assert [i for i, _ in e.items] == [item(7), item(8)]
+    assert e.items[0][1] == pytest.approx(3 / 5005)

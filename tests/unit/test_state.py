@@ -8,7 +8,8 @@ import json
 import pytest
 
 from streamrec.events import Interaction
-from streamrec.stream.state import apply_event, history_items, is_duplicate, new_state, seen_items
+from streamrec.stream.state import (STATE_VERSION, StateError, apply_event, decode_state, encode_state,
+                                   history_items, is_duplicate, new_state, seen_items)
 
 
 def ev(n: int, item: str | None = None, ts: float | None = None, etype: str = "view", eid: str | None = None):
@@ -27,7 +28,7 @@ def test_first_event_from_none():
     s, applied = apply_event(None, ev(1, ts=100.0, etype="purchase"))
     assert applied
     assert s == {"history": [["i1", "purchase", 100.0]], "counts": {"purchase": 1}, "total": 1,
-                 "first_seen": 100.0, "last_seen": 100.0, "recent_event_ids": ["e1"]}
+                 "first_seen": 100.0, "last_seen": 100.0, "recent_event_ids": ["e1"], "v": STATE_VERSION}
 
 
 def test_counters_by_type_and_total():
@@ -122,3 +123,37 @@ def test_history_items_and_seen_items():
     s, _ = apply_all([ev(1, item="a"), ev(2, item="b"), ev(3, item="a")])
     assert history_items(s) == ["a", "b", "a"]       # repeats kept, oldest first
     assert seen_items(s) == {"a", "b"}
+
+
+# --- the stored form: versioned, migrated on read, a clear error when unreadable -----------------------------------
+
+V1 = (b'{"history":[["a","view",1.0],["b","click",2.0]],"counts":{"view":1,"click":1},"total":2,'
+      b'"first_seen":1.0,"last_seen":2.0,"recent_event_ids":["e1","e2"]}')   # what the first release wrote
+
+
+def test_a_version_1_state_is_migrated_on_read_and_keeps_its_content():
+    s = decode_state(V1)
+    assert s["v"] == STATE_VERSION == 2
+    assert history_items(s) == ["a", "b"] and s["total"] == 2 and s["recent_event_ids"] == ["e1", "e2"]
+    # the dedupe ring survives the migration: a redelivered e2 is still recognised
+    assert apply_event(s, Interaction("e2", "u", "b", "click", 2.0))[1] is False
+    again, applied = apply_event(s, Interaction("e3", "u", "c", "view", 3.0))
+    assert applied and decode_state(encode_state(again)) == again
+
+
+def test_current_states_round_trip():
+    s, _ = apply_all([ev(1), ev(2)])
+    assert s["v"] == STATE_VERSION and decode_state(encode_state(s)) == s
+    assert decode_state(None) is None
+
+
+@pytest.mark.parametrize("raw,match", [
+    (b'{"history": [', "not JSON"),
+    (b"[1, 2]", "not an object"),
+    (b'{"v": 99, "history": []}', "format version 99"),
+    (b'{"v": "2"}', "format version"),
+    (b'{"v": 2, "history": []}', "lacks counts"),
+])
+def test_an_unreadable_state_is_a_state_error(raw, match):
+    with pytest.raises(StateError, match=match):
+        decode_state(raw)

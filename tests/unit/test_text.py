@@ -12,7 +12,7 @@ from streamrec.model.datasets import synthetic, synthetic_titles
 from streamrec.model.evaluate import lm_score_fn, ranks_from_scores
 from streamrec.model.train import TrainConfig, load_model_dir, train
 
-torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread")   # restores the thread count after this module
 
 
 def test_bundled_model_is_found_offline():

@@ -16,7 +16,7 @@ from streamrec.model.itemlm import ItemVocab
 from streamrec.model.train import (TrainConfig, full_softmax_ce, length_batches, load_model_dir, pad_windows, train,
                              training_windows)
 
-torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread")   # restores the thread count after this module
 
 
 # --- metrics on hand-computed ranks -----------------------------------------------------------------------------------
@@ -159,20 +159,38 @@ def test_model_beats_popularity_and_artefacts(trained, data):
     assert (out / "valid_ndcg.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cooc_baseline_dense_scores_follow_the_scorer(data):
-    from streamrec.scoring import CooccurrenceScorer, ScoreRequest
-    vocab = build_vocab(data)
-    scorer = CooccurrenceScorer().fit(train_sequences(data).values())
-    fn = cooc_score_fn(scorer, vocab)
-    hist = [vocab.id_to_token[i] for i in data["u0"][:10]]
-    dense = fn([hist])[0]
-    top = scorer.score_one(ScoreRequest("u0", tuple(data["u0"][:10]), k=10))
-    for item, s in top:                                   # the scorer's own scores ...
-        assert float(dense[vocab.id_to_token[item]]) == pytest.approx(s, rel=1e-6)
-    # ... and its top 10 is the dense vector's top 10 (up to ties)
-    assert sorted(torch.topk(dense, 10).values.tolist()) == pytest.approx(sorted(s for _, s in top), rel=1e-6)
-    m = evaluate(fn, leave_one_out(data, vocab, "test"), progress=False)
-    assert 0 < m["NDCG@10"] <= 1
+def test_training_writes_the_serving_warm_start_and_a_worker_starts_from_it(trained, data):
+    """cooc.json and popularity.json: what the worker's LM scorer and its co-occurrence fallback start from."""
+    from collections import Counter
+
+    from streamrec.config import Settings
+    from streamrec.scoring import ScoreRequest
+    from streamrec.serve.lm import build_lm_scorer
+    out, _ = trained
+    counts = Counter(i for s in data.values() for i in s)
+    assert json.loads((out / "popularity.json").read_text()) == dict(counts)
+    scorer = build_lm_scorer(Settings(model_dir=str(out), backend="torch", max_batch_size=2))
+    [empty] = scorer.score([ScoreRequest("new", (), 3)])
+    assert empty.fallback and "popularity" in empty.fallback_reason
+    assert [counts[i] for i, _ in empty.items] == [n for _, n in counts.most_common(3)]   # (ties in any order)
+    first = data["u0"][0]
+    assert scorer.fallback.pop[first] == counts[first]        # the fallback is warm: it knows what followed
+    assert scorer.fallback.score_one(ScoreRequest("new", (first,), 5))
+
+
+def test_cooc_baseline_dense_scores_hand_computed():
+    """Three sequences a->b, a->b, a->c: pop a=3, b=2, c=1 (max 3); cooc(a,b)=2, cooc(a,c)=1. After history [a]:
+    score(c) = cooc(a,c) / sqrt(pop(a) pop(c)) + 0.05 * ln(1 + pop(c)) / ln(1 + max pop)
+      b: 2 / sqrt(3 * 2) + 0.05 * ln 3 / ln 4 = 0.816497 + 0.039624 = 0.856121
+      c: 1 / sqrt(3 * 1) + 0.05 * ln 2 / ln 4 = 0.577350 + 0.025000 = 0.602350
+      a (seen, no self co-occurrence): its popularity term alone, 0.05 * ln 4 / ln 4 = 0.05
+      d (never seen): 0; padding: -inf."""
+    from streamrec.scoring import CooccurrenceScorer
+    vocab = ItemVocab(["a", "b", "c", "d"])
+    scorer = CooccurrenceScorer(popularity_weight=0.05).fit([["a", "b"], ["a", "b"], ["a", "c"]])
+    dense = cooc_score_fn(scorer, vocab)([[vocab.id_to_token["a"]]])[0]
+    assert dense[0] == float("-inf")
+    assert dense[1:].tolist() == pytest.approx([0.05, 0.856121, 0.602350, 0.0], abs=1e-6)
 
 
 def test_save_load_round_trip_identical_scores(trained, data):
