@@ -35,25 +35,24 @@ The attention matmuls (activation x activation) stay fp32 for the same reason.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+# The artefact files and their fingerprints are torch-free (the serving side reads them); re-exported here.
+from streamrec.model.artifacts import (ENCODER_SUBDIR, FILES, ONNX_SUBDIR, REPORT, is_current,  # noqa: F401
+                                       model_fingerprint, onnx_dir, read_report, resolve_model_dir)
 from streamrec.model.itemlm import PAD, ItemLM, left_pad
 
 log = logging.getLogger(__name__)
 
-ONNX_SUBDIR = "onnx"
-FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
-REPORT = "export.json"
 OPSET = 18
 INPUTS = ("input_ids", "attention_mask", "item_table")
 OUTPUT = "logits"
@@ -84,55 +83,6 @@ class TableLM(nn.Module):
         h = self.hidden(input_ids, attention_mask, item_table)
         logits = h.to(item_table.dtype) @ item_table.T
         return logits.masked_fill(torch.arange(logits.shape[-1], device=logits.device) == PAD, float("-inf"))
-
-
-# --- model directories ---------------------------------------------------------------------------------------------
-
-def resolve_model_dir(path: str | Path) -> tuple[Path, Path]:
-    """(weights directory, artefact directory): ``streamrec train --out DIR`` puts the model in ``DIR/model`` and
-    ``metrics.json``/``train_config.json`` in ``DIR``; either path is accepted."""
-    d = Path(path)
-    if not (d / "config.json").is_file() and (d / "model" / "config.json").is_file():
-        return d / "model", d
-    parent = d.parent
-    if (parent / "metrics.json").is_file() or (parent / "train_config.json").is_file():
-        return d, parent
-    return d, d
-
-
-
-# --- fingerprints --------------------------------------------------------------------------------------------------
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 of ``config.json`` and the weight files: identifies the trained model an export was made from."""
-    d = resolve_model_dir(model_dir)[0]
-    h = hashlib.sha256()
-    files = [d / "config.json"] + sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin"))
-    for f in files:
-        if f.is_file():
-            h.update(f.name.encode())
-            with f.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
-
-
-def onnx_dir(model_dir: str | Path) -> Path:
-    return resolve_model_dir(model_dir)[0] / ONNX_SUBDIR
-
-
-def read_report(directory: str | Path) -> dict | None:
-    p = Path(directory) / REPORT
-    return json.loads(p.read_text()) if p.is_file() else None
-
-
-def is_current(model_dir: str | Path, directory: str | Path | None = None, kinds: Iterable[str] = ("fp32",)) -> bool:
-    """True when ``directory`` holds exports of the given kinds made from the model's current weights."""
-    directory = Path(directory) if directory is not None else onnx_dir(model_dir)
-    report = read_report(directory)
-    if not report or report.get("fingerprint") != model_fingerprint(model_dir):
-        return False
-    return all(k in report.get("files", {}) and (directory / report["files"][k]).is_file() for k in kinds)
 
 
 # --- export --------------------------------------------------------------------------------------------------------
@@ -271,8 +221,13 @@ def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
 
 def export(model_dir: str | Path, quantize: Sequence[str] = ("fp32", "int8"), out_dir: str | Path | None = None, *,
            exporter: str = "auto", quantize_scoring: bool = False,
-           check_histories: Sequence[Sequence[int]] | None = None, threads: int = 2) -> dict[str, Path]:
+           check_histories: Sequence[Sequence[int]] | None = None, threads: int = 2,
+           text_encoder: bool | None = None) -> dict[str, Path]:
     """Export ``model_dir`` to ONNX (fp32, and int8 when asked); returns {"fp32"|"int8"|"report": path}.
+
+    ``text_encoder``: also export the title encoder (``text.export_encoder`` into ``<out>/text-encoder``), so that
+    cold-start items are embedded without torch. None = when the model reads item text and was made by
+    ``streamrec train`` (its ``train_config.json`` names the encoder: ``text_model``, empty = the bundled one).
 
     ``check_histories``: token-id histories (ideally real ones) for the export-time checks -- max |fp32 ONNX - torch|
     and the mean top-10 overlap of int8 vs fp32; random histories when not given. Results go to ``export.json``.
@@ -331,6 +286,17 @@ def export(model_dir: str | Path, quantize: Sequence[str] = ("fp32", "int8"), ou
         q = _session(paths["int8"], threads).run(None, feed)[0]
         report["checks"]["int8_top10_overlap_vs_fp32"] = top_k_overlap(q, got)
         report["checks"]["int8_max_abs_diff_vs_fp32"] = float(np.abs(q[finite] - got[finite]).max())
+    train_cfg = resolve_model_dir(model_dir)[1] / "train_config.json"
+    if text_encoder is None:
+        text_encoder = bool(cfg.text_dim) and train_cfg.is_file()
+    if text_encoder:
+        from streamrec.model.text import export_encoder
+        text_model = json.loads(train_cfg.read_text()).get("text_model") if train_cfg.is_file() else None
+        meta = export_encoder(out / ENCODER_SUBDIR, text_model or None)
+        if meta["dim"] != cfg.text_dim:
+            raise ValueError(f"the text encoder gives {meta['dim']}-d embeddings, the model reads {cfg.text_dim}")
+        report["text_encoder"] = {k: meta[k] for k in ("source", "dim", "check_max_abs_diff_vs_sentence_transformers")}
+        paths["text_encoder"] = out / ENCODER_SUBDIR
     report["seconds"] = round(time.perf_counter() - started, 2)
     rp = out / REPORT
     rp.write_text(json.dumps(report, indent=2))

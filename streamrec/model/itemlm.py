@@ -8,20 +8,18 @@ Read it in one sitting:
   * a ``transformers`` ``LlamaModel`` reads the history (left-padded, causal) and its last hidden state is dotted with
     every item embedding (tied input/output embeddings) to give next-item logits.
 Standard artefacts: ``save_pretrained``/``from_pretrained`` directories with ``config.json``, ``model.safetensors``
-and ``vocab.json``.
+and ``vocab.json`` (``vocab.py``; ``table.py`` reads the item table from them without torch).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel, PreTrainedModel
 
-PAD = 0
+from streamrec.model.vocab import PAD, ItemVocab   # noqa: F401  (re-exported: the vocabulary is torch-free)
 
 
 class ItemLMConfig(LlamaConfig):
@@ -100,10 +98,11 @@ class ItemLM(PreTrainedModel):
         return logits.masked_fill(torch.arange(logits.shape[-1], device=logits.device) == PAD, float("-inf"))
 
     @torch.no_grad()
-    def set_item_text(self, token_ids: Sequence[int], embeddings: torch.Tensor) -> None:
+    def set_item_text(self, token_ids: Sequence[int], embeddings) -> None:
         if not self.config.text_dim:
             raise ValueError("this model was trained without item text (text_dim=0)")
-        self.item_text[torch.as_tensor(list(token_ids), dtype=torch.long)] = embeddings.to(self.item_text)
+        rows = torch.as_tensor(list(token_ids), dtype=torch.long)
+        self.item_text[rows] = torch.as_tensor(embeddings).to(self.item_text)   # a tensor or an array
 
     @torch.no_grad()
     def add_items(self, count: int) -> range:
@@ -121,40 +120,6 @@ class ItemLM(PreTrainedModel):
         self.config.n_items += count
         self.config.vocab_size = new
         return range(old, new)
-
-
-class ItemVocab:
-    """External item id (string) <-> token id (1..n). Saved as ``vocab.json`` next to the model."""
-
-    def __init__(self, items: Iterable[str] = ()):
-        self.id_to_token: dict[str, int] = {}
-        self.items: list[str] = [""]   # token 0 = padding
-        for item in items:
-            self.add(item)
-
-    def add(self, item: str) -> int:
-        tok = self.id_to_token.get(item)
-        if tok is None:
-            tok = self.id_to_token[item] = len(self.items)
-            self.items.append(item)
-        return tok
-
-    def __len__(self) -> int:        # number of items, padding excluded
-        return len(self.items) - 1
-
-    def __contains__(self, item: str) -> bool:
-        return item in self.id_to_token
-
-    def encode(self, history: Iterable[str]) -> list[int]:
-        """Token ids of the known items of a history (unknown items are skipped: the model can't read them)."""
-        return [self.id_to_token[i] for i in history if i in self.id_to_token]
-
-    def save(self, directory: str | Path) -> None:
-        Path(directory, "vocab.json").write_text(json.dumps({"items": self.items[1:]}))
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "ItemVocab":
-        return cls(json.loads(Path(directory, "vocab.json").read_text())["items"])
 
 
 def left_pad(histories: Sequence[Sequence[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,9 @@ sentence-transformers model directory under site-packages), so nothing is downlo
 offline mode before sentence-transformers is imported and the model is loaded with ``local_files_only``. Any other
 local sentence-transformers model directory can be passed as ``model``.
 
+torch is imported inside the functions that run the encoder: the module itself (``clean_title``, used by the
+worker for cold-start titles) imports without it, as the lean CPU image needs.
+
 Embeddings are cached as ``<cache_dir>/<sha256 of model name + texts>.pt``: the same texts (same order) with the same
 model load from disk instead of running the encoder again.
 """
@@ -17,8 +20,6 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
-
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def embed_texts(texts: Sequence[str], cache_dir: str | Path | None = None, model
     ``cache_dir``: where ``<hash>.pt`` files live (default ``~/.cache/streamrec/text-embeddings``);
     ``model``: None for the bundled all-MiniLM-L6-v2, or a local sentence-transformers directory.
     """
+    import torch
     texts = [str(t) for t in texts]
     cache = None
     if use_cache:
@@ -110,8 +112,77 @@ def clean_title(text: str) -> str:
 
 def item_text_matrix(vocab, titles: dict[str, str], dim: int = DIM, **kwargs) -> tuple[list[int], torch.Tensor]:
     """(token ids, embeddings) for the vocabulary items that have a title; items without one get no text."""
+    import torch
     tokens = [tok for tok, item in enumerate(vocab.items) if tok and titles.get(item)]
     if not tokens:
         return [], torch.zeros(0, dim)
     emb = embed_texts([clean_title(titles[vocab.items[t]]) for t in tokens], **kwargs)
     return tokens, emb
+
+
+# --- the encoder as ONNX (served without torch by text_onnx.OnnxTextEncoder) ---------------------------------------
+
+CHECK_TEXTS = ("Rose lip balm", "Argan oil & shea butter hair mask, 250 ml", "Nail file", "")
+
+
+def export_encoder(out_dir: str | Path, model: str | Path | None = None, check_tol: float = 1e-4) -> dict:
+    """Write the sentence encoder ``model`` (None = bundled) as ONNX + tokenizer into ``out_dir``; returns the
+    metadata written to ``encoder.json``, including the largest difference to sentence-transformers' own
+    embeddings of a few titles (the export fails above ``check_tol``)."""
+    import json
+    import shutil
+
+    import torch
+
+    from streamrec.model.text_onnx import META, MODEL, TOKENIZER, OnnxTextEncoder
+
+    enc = load_encoder(None if model is None else str(model), "cpu")
+    modules = list(enc)
+    pooling = modules[1] if len(modules) > 1 else None
+    cfg = pooling.get_config_dict() if pooling is not None else {}
+    modes = cfg.get("pooling_mode") or [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
+    if modes not in ("mean", ["pooling_mode_mean_tokens"]):   # sentence-transformers >= 5 / older configs
+        raise ValueError("only encoders with mean pooling are exported (the ONNX runner pools by the mask mean)")
+    transformer = modules[0].auto_model.eval()
+    if hasattr(transformer, "set_attn_implementation"):
+        transformer.set_attn_implementation("eager")   # plain additive mask: traces to a small, portable graph
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    src = _resolve(model)
+    if (src / TOKENIZER).is_file():
+        shutil.copyfile(src / TOKENIZER, out / TOKENIZER)
+    else:
+        enc.tokenizer.backend_tokenizer.save(str(out / TOKENIZER))
+    tok = enc.tokenizer
+    batch = tok(["a short title", "a somewhat longer product title"], padding=True, return_tensors="pt")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in batch]
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *args):
+            return self.m(**dict(zip(names, args))).last_hidden_state
+
+    axes = {n: {0: "batch", 1: "seq"} for n in names}
+    axes["last_hidden_state"] = {0: "batch", 1: "seq"}
+    import warnings
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Hidden(transformer), tuple(batch[n] for n in names), str(out / MODEL), dynamo=False,
+                          input_names=names, output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=18)
+    dim = getattr(enc, "get_embedding_dimension", None) or enc.get_sentence_embedding_dimension   # ST >= 6 / older
+    meta = {"source": str(model or BUNDLED), "dim": int(dim()),
+            "max_seq_length": int(enc.max_seq_length), "pooling": "mean", "normalize": True, "inputs": names,
+            "pad_id": int(tok.pad_token_id or 0), "pad_token": str(tok.pad_token or "[PAD]")}
+    (out / META).write_text(json.dumps(meta, indent=2))
+    ref = embed_texts(list(CHECK_TEXTS), model=model, progress=False, use_cache=False).numpy()
+    got = OnnxTextEncoder(out)(list(CHECK_TEXTS))
+    meta["check_max_abs_diff_vs_sentence_transformers"] = float(abs(got - ref).max())
+    (out / META).write_text(json.dumps(meta, indent=2))
+    if meta["check_max_abs_diff_vs_sentence_transformers"] > check_tol:
+        raise RuntimeError(f"ONNX encoder differs from sentence-transformers by "
+                           f"{meta['check_max_abs_diff_vs_sentence_transformers']:.2e} (> {check_tol})")
+    log.info("exported the text encoder %s to %s", meta["source"], out)
+    return meta

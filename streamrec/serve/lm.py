@@ -24,42 +24,49 @@ docs/benchmarks.md; below ~32 requests the extra calls cost more than the paddin
 
 Empty histories (no item the model knows): the model has never been trained to predict a first item, so those
 requests are answered from a popularity prior instead and marked ``fallback=True`` (reason ``empty-history``):
-counts of the items seen by ``observe`` (``popularity.Popularity``: total and top-N maintained per count,
-bounded in items; warm-started from the ``popularity.json`` {item_id: count} that ``streamrec train`` writes); before any count exists, the model's own average next-item distribution after one item
-(mean softmax over up to 256 single-item histories, computed once with the serving backend).
+counts of the items seen by ``observe`` (``popularity.Popularity``: total and top-N maintained per count, bounded
+in items; warm-started from the ``popularity.json`` {item_id: count} that ``streamrec train`` writes); before any
+count exists, the model's own average next-item distribution after one item (mean softmax over up to 256
+single-item histories, computed once with the serving backend).
 
 Cold start: ``on_item(item_id, record)`` queues an unknown item with its title; before the next scoring call the
 queue (up to 256 items per call) is embedded in one ``text.embed_texts`` call -- the text the trainer embedded:
-``text.clean_title(title)`` with the encoder named in ``train_config.json`` -- appended with ``ItemLM.add_items`` +
-``set_item_text``, and only their rows are computed and appended to the backend's table (``append_rows``: spare
-capacity, so existing rows are neither recomputed, re-uploaded nor re-quantised). Every backend takes the item
-table as data (the ONNX graphs take it as an input, see ``export.py``), so new items are readable in histories and
-recommendable at once, with no re-export. Items stay queued until embedded: an encoder failure is retried with a
-doubling backoff; ``streamrec_cold_start_backlog_items`` shows the queue. Needs a model trained with text
-(``text_dim > 0``); otherwise unknown items are ignored. The additions live in memory only (the next training run
-learns them properly).
+``text.clean_title(title)`` with the encoder named in ``train_config.json`` (run by ONNX Runtime when ``streamrec
+export`` left it in ``onnx/text-encoder/``, see ``text_onnx.py``; else by sentence-transformers) -- appended with
+``add_items`` + ``set_item_text`` (``ItemLM``, or ``ItemTable`` on the ONNX path), and only their rows are computed
+(``item_embeddings(tokens)``) and appended to the backend's table (``append_rows``: spare capacity, so existing rows
+are neither recomputed, re-uploaded nor re-quantised). Every backend takes the item table as data (the ONNX graphs
+take it as an input, see ``export.py``), so new items are readable in histories and recommendable at once, with no
+re-export. Items stay queued until embedded: an encoder failure is retried with a doubling backoff;
+``streamrec_cold_start_backlog_items`` shows the queue. Needs a model trained with text (``text_dim > 0``);
+otherwise unknown items are ignored. The additions live in memory only (the next training run learns them
+properly).
 
 Warm-up: ``build_lm_scorer`` runs one dummy batch per padded width (and batch size 1 and ``max_batch_size``)
 before the worker starts, so CUDA initialisation and kernel selection do not happen inside real batches.
+
+No torch on the ONNX path: with ``onnx``/``onnx-int8`` the model is read as an ``ItemTable`` (numpy, from the
+safetensors file) instead of an ``ItemLM``, and torch is imported only for the torch backends (and for an export
+on first use). The lean CPU image, which has no torch, serves that way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from streamrec import metrics
-from streamrec.serve.backends import OrtBackend, TorchBackend
+from streamrec.serve.backends import OrtBackend
 from streamrec.serve.popularity import Popularity
-from streamrec.model.export import FILES, export, is_current, model_fingerprint, onnx_dir, resolve_model_dir
-from streamrec.model.itemlm import PAD, ItemLM, ItemVocab
+from streamrec.model.artifacts import ENCODER_SUBDIR, FILES, is_current, model_fingerprint, onnx_dir, resolve_model_dir
+from streamrec.model.vocab import PAD, ItemVocab
 from streamrec.scoring import CooccurrenceScorer, ScoreRequest, Scored
 
 log = logging.getLogger(__name__)
@@ -69,12 +76,20 @@ _TORCH_MODES = {"torch": "fp32", "cuda-bf16": "bf16", "cuda-fp8": "fp8", "cuda-i
 PRIOR_SAMPLE = 256
 
 
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:   # the lean CPU image: no torch, so no CUDA either
+        return False
+    return torch.cuda.is_available()
+
+
 def resolve_backend(backend: str) -> str:
     """``auto`` -> ``cuda-bf16`` when torch sees a GPU, else ``onnx-int8``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "cuda-bf16" if torch.cuda.is_available() else "onnx-int8"
+        return "cuda-bf16" if _cuda_available() else "onnx-int8"
     return backend
 
 
@@ -100,6 +115,40 @@ def _embed_texts(texts: list[str], model: str | None = None):
 def _clean_title(title: str) -> str:
     from streamrec.model.text import clean_title   # what the trainer does to titles before embedding them
     return clean_title(title)
+
+
+def _load_model(model_dir: Path, backend: str):
+    """The ONNX graphs hold the backbone: their backends only need the item table (numpy, no torch)."""
+    if backend in ("onnx", "onnx-int8"):
+        from streamrec.model.table import ItemTable
+        return ItemTable.load(model_dir)
+    from streamrec.model.itemlm import ItemLM
+    return ItemLM.from_pretrained(model_dir).float().eval()   # CPU fp32 master copy
+
+
+def _item_table(model, tokens: Sequence[int] | None = None):
+    """[n_table, hidden] float32 (with ``tokens``: only those rows): numpy from an ``ItemTable``, a CPU tensor from
+    an ``ItemLM``."""
+    from streamrec.model.table import ItemTable
+    if isinstance(model, ItemTable):
+        return model.item_embeddings(tokens)
+    import torch
+    with torch.no_grad():
+        return model.item_embeddings(tokens).detach().float().contiguous()
+
+
+def _default_threads(backend: str) -> int:
+    if backend in _TORCH_MODES:
+        import torch
+        return torch.get_num_threads()
+    return len(os.sched_getaffinity(0))
+
+
+def _exported_encoder(model_dir: Path, threads: int):
+    """The title encoder ``streamrec export`` wrote next to the model (ONNX, no torch), or None."""
+    from streamrec.model.text_onnx import OnnxTextEncoder, has_encoder
+    directory = onnx_dir(model_dir) / ENCODER_SUBDIR
+    return OnnxTextEncoder(directory, threads=threads) if has_encoder(directory) else None
 
 
 def _read_json(*paths: Path) -> dict:
@@ -138,7 +187,7 @@ class LMScorer:
                  export_if_missing: bool = True, group_lengths: int = 0):
         self.model_dir, artefacts = resolve_model_dir(model_dir)
         self.backend_name = resolve_backend(backend)
-        self.model = ItemLM.from_pretrained(self.model_dir).float().eval()   # CPU fp32 master copy
+        self.model = _load_model(self.model_dir, self.backend_name)
         self.vocab = ItemVocab.load(self.model_dir)
         cfg = self.model.config
         if len(self.vocab) != cfg.n_items:
@@ -151,8 +200,8 @@ class LMScorer:
         self.buckets = length_buckets(self.max_len)
         self.group_lengths = group_lengths
         self.fallback = fallback          # the app answers from it when score() raises
-        self.threads = threads or torch.get_num_threads()
-        self._embed = embed_fn
+        self.threads = threads or _default_threads(self.backend_name)
+        self._embed = embed_fn or (_exported_encoder(self.model_dir, self.threads) if cfg.text_dim else None)
         self._lock = threading.RLock()
         # Cold start: item id -> title, until embedded (a failed embedding keeps them here for a retry). Guarded
         # by its own lock: on_item (event loop) never waits for a model call running in another thread.
@@ -175,6 +224,8 @@ class LMScorer:
         if name in ("onnx", "onnx-int8"):
             kind = "fp32" if name == "onnx" else "int8"
             return OrtBackend(self._onnx_file(kind, onnx_path, export_if_missing), name, self.threads)
+        import torch
+        from streamrec.serve.torch_backends import TorchBackend
         mode = _TORCH_MODES[name]
         if device is None:
             device = "cpu" if name == "torch" else "cuda"
@@ -195,6 +246,12 @@ class LMScorer:
             raise FileNotFoundError(f"no current {FILES[kind]} under {directory}; run python -m streamrec.model.export")
         log.info("exporting %s to ONNX (missing or made from other weights)", self.model_dir)
         try:
+            from streamrec.model.export import export
+        except ImportError as exc:   # the lean CPU image serves ONNX but cannot make it
+            raise FileNotFoundError(f"no current {FILES[kind]} under {directory}, and exporting needs torch ({exc}): "
+                                    f"run `streamrec export {self.model_dir}` where the [torch] extra is "
+                                    f"installed (the compose `export` service)") from exc
+        try:
             return export(self.model_dir, ("fp32", "int8"), directory, threads=self.threads)[kind]
         except OSError:   # e.g. a read-only model directory: export into a cache keyed by the weights
             import tempfile
@@ -204,9 +261,7 @@ class LMScorer:
             return cache / FILES[kind]
 
     def _refresh_table(self) -> None:
-        with torch.no_grad():
-            table = self.model.item_embeddings().detach().float().contiguous()
-        self.backend.set_table(table)
+        self.backend.set_table(_item_table(self.model))
         self._prior = None
 
     # --- Scorer protocol --------------------------------------------------------------------------------------
@@ -290,7 +345,7 @@ class LMScorer:
             try:
                 texts = [_clean_title(t) for _, t in pending]
                 emb = self._embed(texts) if self._embed else _embed_texts(texts, self.text_model)
-                emb = torch.as_tensor(np.asarray(emb, dtype=np.float32))
+                emb = np.asarray(emb, dtype=np.float32)
                 if emb.shape != (len(pending), self.model.config.text_dim):
                     raise ValueError(f"text embeddings of shape {tuple(emb.shape)}, expected "
                                      f"({len(pending)}, {self.model.config.text_dim})")
@@ -307,8 +362,7 @@ class LMScorer:
                 if self.vocab.add(item_id) != token:
                     raise RuntimeError("vocabulary and item table out of step")
             self.model.set_item_text(list(new), emb)
-            with torch.no_grad():
-                rows = self.model.item_embeddings(new).detach().float()
+            rows = _item_table(self.model, new)
             if not self.backend.append_rows(rows):   # past the backend's spare capacity: one full upload
                 self._refresh_table()
             self._prior = None   # the model prior covers every item: recomputed on its next use
@@ -393,7 +447,8 @@ def build_lm_scorer(settings) -> LMScorer:
     weights, artefacts = resolve_model_dir(settings.model_dir)
     cooc = next((p for p in (artefacts / "cooc.json", weights / "cooc.json") if p.is_file()), None)
     fallback = CooccurrenceScorer.load(cooc) if cooc is not None else CooccurrenceScorer()
-    if settings.scorer_threads:   # torch backends take it from here, ONNX Runtime from its session options
+    if settings.scorer_threads and resolve_backend(settings.backend) in _TORCH_MODES:
+        import torch   # torch backends take it from here, ONNX Runtime from its session options
         torch.set_num_threads(settings.scorer_threads)
     scorer = LMScorer(settings.model_dir, backend=settings.backend, fallback=fallback,
                       threads=settings.scorer_threads or None, group_lengths=settings.group_lengths)

@@ -15,6 +15,7 @@ import fnmatch
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -35,7 +36,7 @@ DEFAULTS = config.Settings()
 WEB_PORT = DEFAULTS.web_port
 STREAMREC_VAR = re.compile(r"\bSTREAMREC_[A-Z0-9_]*[A-Z0-9]\b")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-IMAGE_TARGETS = {"cpu", "gpu"}            # build targets whose ENTRYPOINT is `streamrec`
+IMAGE_TARGETS = {"cpu", "gpu"}            # build targets whose ENTRYPOINT is `streamrec` (train: FROM cpu)
 REQUIRED_SERVICES = {"kafka": None, "topics": None, "worker-cpu": "cpu", "worker-gpu": "gpu", "replay": "demo",
                      "tests": "test"}
 
@@ -103,7 +104,7 @@ def under(path: str, directory: str) -> bool:
 def streamrec_services(services: dict) -> dict[str, dict]:
     """Services that run the streamrec image with its `streamrec` ENTRYPOINT."""
     return {name: s for name, s in services.items()
-            if (s.get("build") or {}).get("target") in IMAGE_TARGETS and "entrypoint" not in s}
+            if (s.get("build") or {}).get("target") in IMAGE_TARGETS | {"train"} and "entrypoint" not in s}
 
 
 @pytest.fixture(scope="module")
@@ -693,7 +694,7 @@ def test_dockerfile_entrypoint_cmd_ports_and_healthcheck(parser):
         health = effective(stages, target, "HEALTHCHECK")
         assert health and "/ready" in health and "/ready" in pages
         assert env.get("STREAMREC_WEB_HOST") == "0.0.0.0"
-        created = " ".join(rest for op, rest in stages[target].instructions if op == "RUN")
+        created = " ".join(rest for st in stage_chain(stages, target) for op, rest in st.instructions if op == "RUN")
         for path in (env["STREAMREC_DATA_DIR"], "/models"):
             assert path in created.split("mkdir", 1)[1], f"{target}: {path} is not created (and chowned) in the image"
 
@@ -715,12 +716,13 @@ def test_image_keeps_topics_where_settings_look(services, k8s):
     REPO_ROOT/topics/schemas: the image installs streamrec editable from /app, so REPO_ROOT is /app."""
     stages = dockerfile_stages()
     for builder in ("builder-cpu", "builder-gpu"):
-        instructions = stages[builder].instructions
+        instructions = [i for st in stage_chain(stages, builder) for i in st.instructions]
         assert ("WORKDIR", "/app") in instructions
         assert any(op == "COPY" and rest.split()[0].rstrip("/") == "topics" for op, rest in instructions)
         assert any(op == "RUN" and "-e /app" in rest for op, rest in instructions), f"{builder}: not editable"
     for target in IMAGE_TARGETS:
-        assert any(op == "COPY" and "/app" in rest.split()[-1] for op, rest in stages[target].instructions)
+        assert any(op == "COPY" and "/app" in rest.split()[-1]
+                   for st in stage_chain(stages, target) for op, rest in st.instructions)
     # and nobody points STREAMREC_TOPICS_FILE elsewhere
     values = [env_of(s).get("STREAMREC_TOPICS_FILE") for s in services.values()]
     for sts in statefulsets(k8s).values():
@@ -771,3 +773,31 @@ def test_k8s_manifests_are_namespace_agnostic_and_listed(k8s, kustomization):
             f"Secret {name}: values must be clearly marked as examples"
     for name, sts in statefulsets(k8s).items():
         assert sts["spec"].get("volumeClaimTemplates"), f"{name}: no volumeClaimTemplates for RocksDB"
+
+
+def test_cpu_image_has_no_torch_and_train_export_use_the_torch_image(services):
+    """The lean cpu target installs only the base dependencies (no torch); training and export need the `torch`
+    extra, so their services run the `train` target, which is the cpu image plus that extra."""
+    stages = dockerfile_stages()
+
+    def runs(name):
+        return " ".join(rest for st in stage_chain(stages, name) for op, rest in st.instructions if op == "RUN")
+
+    def copied_from(name):
+        return {rest.split()[0].split("=", 1)[1] for st in stage_chain(stages, name) for op, rest in st.instructions
+                if op == "COPY" and rest.startswith("--from=")}
+
+    cpu_runs = runs("cpu") + runs("builder-cpu")
+    assert "--extra" not in cpu_runs and "TORCH_INDEX_URL" not in cpu_runs, "the cpu image installs torch"
+    assert "find_spec" in cpu_runs, "the cpu build no longer checks that torch is absent"
+    assert copied_from("cpu") == {"builder-cpu"}
+    assert "--extra torch" in runs("deps-train") and "TORCH_INDEX_URL" in runs("deps-train")
+    assert "deps-train" in copied_from("train") and stages["test"].base == "train"
+    for name in ("train", "export"):
+        assert services[name]["build"]["target"] == "train", name
+    for name in ("topics", "worker-cpu", "demo-data", "catalog", "replay"):
+        assert services[name]["build"]["target"] == "cpu", name
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = " ".join(extras["dependencies"])
+    assert "torch" not in base and "transformers" not in base
+    assert any(d.startswith("torch") for d in extras["optional-dependencies"]["torch"])

@@ -23,9 +23,14 @@ PKG = Path(__file__).resolve().parents[2] / "streamrec"
 LAYERS = {"__main__": 7, "cli": 6, "tools": 5, "stream": 4, "serve": 3, "model": 2, "scoring": 1,
           "config": 0, "events": 0, "metrics": 0, "__init__": 0}
 # Modules that must start without torch: the worker and the tools import them on every start.
+# The ONNX serving path (lm, backends, the numpy item table, the ONNX title encoder) too: the lean cpu image has no
+# torch (tests/unit/test_lean_serving.py runs it with torch blocked).
 TORCH_FREE = ("streamrec.cli", "streamrec.config", "streamrec.events", "streamrec.metrics", "streamrec.scoring",
               "streamrec.stream", "streamrec.tools", "streamrec.serve.build", "streamrec.serve.batching",
-              "streamrec.model.cli", "streamrec.model.datasets", "streamrec.model.train_config")
+              "streamrec.serve.lm", "streamrec.serve.backends",
+              "streamrec.model.cli", "streamrec.model.datasets", "streamrec.model.train_config",
+              "streamrec.model.artifacts", "streamrec.model.table", "streamrec.model.text", "streamrec.model.text_onnx",
+              "streamrec.model.vocab")
 
 
 def module_name(path: Path) -> str:
@@ -110,13 +115,27 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
+def _module_path(name: str) -> Path:
+    rel = PKG.joinpath(*name.split(".")[1:])
+    return rel / "__init__.py" if (rel / "__init__.py").is_file() else rel.with_suffix(".py")
+
+
 @pytest.mark.parametrize("prefix", TORCH_FREE)
 def test_worker_side_starts_without_torch(prefix):
-    for path in sorted(PKG.rglob("*.py")):
-        name = module_name(path)
-        if name == prefix or name.startswith(prefix + "."):
-            heavy = [n for n, top in imports(path) if top and n.split(".")[0] in ("torch", "transformers")]
-            assert not heavy, f"{name} imports {heavy} at module level"
+    """No module-level torch/transformers import in these modules, nor in the streamrec modules they import at
+    module level (followed transitively)."""
+    todo = [module_name(p) for p in sorted(PKG.rglob("*.py"))
+            if module_name(p) == prefix or module_name(p).startswith(prefix + ".")]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        top = [n for n, at_top in imports(_module_path(name)) if at_top]
+        heavy = [n for n in top if n.split(".")[0] in ("torch", "transformers")]
+        assert not heavy, f"{name} (reached from {prefix}) imports {heavy} at module level"
+        todo += [n for n in top if n.startswith("streamrec") and _is_module(n)]
 
 
 def test_the_checker_sees_a_circle_and_an_upward_import(tmp_path, monkeypatch):

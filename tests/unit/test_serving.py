@@ -13,8 +13,9 @@ from streamrec.config import Settings
 from streamrec.model.export import export
 from streamrec.model.itemlm import ItemLM, ItemLMConfig, ItemVocab
 from streamrec.scoring import CooccurrenceScorer, ScoreRequest
-from streamrec.serve import backends
-from streamrec.serve.backends import OrtBackend, QuantLinear, TorchBackend
+from streamrec.serve import torch_backends
+from streamrec.serve.backends import OrtBackend
+from streamrec.serve.torch_backends import QuantLinear, TorchBackend
 from streamrec.serve.lm import LMScorer, build_lm_scorer, length_buckets, resolve_backend
 
 N_ITEMS = 120
@@ -312,7 +313,7 @@ def test_a_training_artefact_directory_is_accepted(model_dir, tmp_path):
 @pytest.mark.parametrize("rows", [1, 40])
 @pytest.mark.parametrize("rowwise", [True, False])
 def test_quant_linear_is_close_to_linear(mode, tol, rows, rowwise, monkeypatch):
-    monkeypatch.setitem(backends._PROBED, ("cpu", "fp8_rowwise"), rowwise)   # False: tensor-wise GEMM + fp32 rescale
+    monkeypatch.setitem(torch_backends._PROBED, ("cpu", "fp8_rowwise"), rowwise)   # False: tensor-wise + fp32 rescale
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 48, bias=True)
     x = torch.randn(rows, 64)
@@ -329,7 +330,7 @@ def test_quant_linear_is_close_to_linear(mode, tol, rows, rowwise, monkeypatch):
 def test_fp8_layout_passes_the_cuda_checks(rowwise, monkeypatch):
     # On the meta device torch applies _scaled_mm's CUDA rules (row-major A, column-major B, K and N % 16). The
     # probe answers False there without probing, so each path is forced in turn.
-    monkeypatch.setitem(backends._PROBED, ("meta", "fp8_rowwise"), rowwise)
+    monkeypatch.setitem(torch_backends._PROBED, ("meta", "fp8_rowwise"), rowwise)
     w = torch.empty(48, 64, device="meta")
     x = torch.empty(5, 7, 64, device="meta", dtype=torch.bfloat16)
     for fp32_out in (False, True):
@@ -352,24 +353,24 @@ def test_the_capability_probe_answers_false_off_cuda_without_probing(monkeypatch
     monkeypatch.setattr(torch, "_int_mm", no_gemm)
     for device in ("meta", "cpu"):
         for kernel in ("fp8_rowwise", "fp8_tensorwise", "int8"):
-            assert backends.kernel_supported(torch.device(device), kernel) is False
-        assert backends.fp8_rowwise_supported(torch.device(device)) is False
-        backends.require_kernels(torch.device(device), "fp8")   # the CPU path of cuda-* needs no probe
+            assert torch_backends.kernel_supported(torch.device(device), kernel) is False
+        assert torch_backends.fp8_rowwise_supported(torch.device(device)) is False
+        torch_backends.require_kernels(torch.device(device), "fp8")   # the CPU path of cuda-* needs no probe
 
 
 @pytest.mark.parametrize("kernel", ["fp8_rowwise", "fp8_tensorwise", "int8"])
 def test_the_probe_makes_calls_cuda_accepts(kernel):
     # The meta device checks the CUDA layout and dtype rules of the probe's own calls: a probe that failed on its
     # own arguments would switch a capable GPU to the slow path (or refuse the mode).
-    backends._kernel_call(kernel, torch.device("meta"))
+    torch_backends._kernel_call(kernel, torch.device("meta"))
 
 
 def test_a_gpu_whose_kernels_fail_refuses_the_mode(monkeypatch):
-    monkeypatch.setitem(backends._PROBED, ("cuda", "fp8_tensorwise"), False)
-    monkeypatch.setitem(backends._PROBED, ("cuda", "int8"), True)
+    monkeypatch.setitem(torch_backends._PROBED, ("cuda", "fp8_tensorwise"), False)
+    monkeypatch.setitem(torch_backends._PROBED, ("cuda", "int8"), True)
     with pytest.raises(RuntimeError, match="_scaled_mm"):
-        backends.require_kernels(torch.device("cuda"), "fp8")
-    backends.require_kernels(torch.device("cuda"), "int8")
+        torch_backends.require_kernels(torch.device("cuda"), "fp8")
+    torch_backends.require_kernels(torch.device("cuda"), "int8")
 
 
 def test_partial_quantisation_is_logged_with_the_layers_kept_in_bf16(tmp_path, caplog):
@@ -378,7 +379,7 @@ def test_partial_quantisation_is_logged_with_the_layers_kept_in_bf16(tmp_path, c
                               num_key_value_heads=2, intermediate_size=40, max_position_embeddings=8))
     odd.save_pretrained(tmp_path)
     ItemVocab(item(i) for i in range(1, 21)).save(tmp_path)
-    with caplog.at_level("INFO", logger="streamrec.serve.backends"):
+    with caplog.at_level("INFO", logger="streamrec.serve.torch_backends"):
         scorer = make(tmp_path, "cuda-fp8")
     b = scorer.backend
     assert sorted(b.quantized) == ["layers.0.self_attn." + p for p in ("k_proj", "o_proj", "q_proj", "v_proj")]
@@ -511,7 +512,8 @@ def test_cold_start_appends_rows_and_leaves_the_existing_table_alone(model_dir, 
         np.testing.assert_array_equal(np.take(y, range(n), axis), np.take(x, range(n), axis), err_msg=name)
     assert after["table"][0].shape[0] == n + 3
     monkeypatch.undo()
-    want = scorer.model.item_embeddings().detach()[n:].numpy()   # the grown model's own rows
+    want = scorer.model.item_embeddings()[n:]   # the grown model's own rows (ItemLM, or ItemTable on ONNX)
+    want = want.detach().numpy() if isinstance(want, torch.Tensor) else want
     np.testing.assert_allclose(after["table"][0][n:], want, atol=0.05 if backend.startswith("cuda") else 1e-6,
                                rtol=0.02)
     # and they score: with every trained item excluded, the new ones are what is left
@@ -521,7 +523,7 @@ def test_cold_start_appends_rows_and_leaves_the_existing_table_alone(model_dir, 
 
 
 def test_a_table_past_its_spare_capacity_is_uploaded_once_in_full(model_dir, monkeypatch):
-    monkeypatch.setattr(backends, "spare_capacity", lambda n: n + 1)
+    monkeypatch.setattr(torch_backends, "spare_capacity", lambda n: n + 1)
     scorer = make(model_dir, "torch", embed_fn=fake_embed)
     for i in range(3):
         scorer.on_item(f"new-{i}", {"title": f"item {i}"})
