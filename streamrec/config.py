@@ -38,6 +38,8 @@ class Settings:
         "help": "host name other workers reach this one by (pod DNS name); lookups of a user are forwarded to the "
                 "worker owning their partition at this name. Empty = this machine's host name"})
     log_level: str = field(default="info", metadata={"help": "crit, error, warn, info or debug"})
+    ready_broker_timeout_s: float = field(default=15.0, metadata={
+        "help": "/ready fails when the broker has not answered the worker's metadata probe for this long"})
     session_timeout_s: float = field(default=10.0, metadata={"help": "consumer group session timeout"})
     processing_guarantee: str = field(default="at_least_once", metadata={"help": "at_least_once or exactly_once"})
     take_batch: int = field(default=256, metadata={"help": "events the agent takes from the stream per batch"})

@@ -20,12 +20,14 @@ from typing import Any, Iterator, NoReturn
 
 import faust
 import orjson
+from aiohttp import web as aiohttp_web
 from faust import streams as faust_streams
 
 from streamrec import metrics
 from streamrec.config import Settings
 from streamrec.serve.build import build_scorer
 from streamrec.stream.pipeline import Pipeline
+from streamrec.stream.readiness import Readiness
 from streamrec.stream.topics import DEAD_LETTER, INTERACTIONS, ITEMS, RECOMMENDATIONS, spec_for
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,31 @@ def _delivered(fut) -> None:
         fatal("a message could not be delivered to Kafka", fut.exception())
 
 
+@aiohttp_web.middleware
+async def json_errors(request, handler):
+    """Every answer is JSON: aiohttp's own 404/405 pages and unexpected errors are plain text otherwise."""
+    try:
+        return await handler(request)
+    except aiohttp_web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return aiohttp_web.json_response({"error": exc.reason, "path": request.path}, status=exc.status)
+    except Exception as exc:
+        log.exception("HTTP %s %s failed", request.method, request.path)
+        return aiohttp_web.json_response({"error": f"internal error: {type(exc).__name__}"}, status=500)
+
+
+async def producer_metadata(app: faust.App, topic: str, timeout_s: float) -> None:
+    """Make sure the producer knows ``topic``'s partitions.
+
+    Faust routes a table lookup by hashing the key with the *producer's* metadata of the changelog topic, which
+    the producer only fetches when it first sends there: a freshly started worker answered every lookup with a
+    ``TypeError`` (HTTP 500) until its first event. Raises ``TimeoutError`` when the broker does not answer.
+    """
+    producer = app.producer._ensure_producer()   # faust NotReady before the producer has started
+    await asyncio.wait_for(producer.partitions_for(topic), timeout_s)
+
+
 def create_app(settings: Settings, scorer=None) -> faust.App:
     n_partitions = spec_for(settings, INTERACTIONS).partitions
     app = faust.App(
@@ -147,6 +174,7 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
         web_bind=settings.web_host,
         **({"web_host": settings.web_advertised_host} if settings.web_advertised_host else {}),
         web_enabled=True,
+        web_application_options={"middlewares": [json_errors]},
         table_cleanup_interval=60.0,
     )
     app.settings = settings
@@ -178,6 +206,8 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
                         KafkaSink(app, [interactions, recommendations, dead_letters], settings.processing_guarantee == "exactly_once"),
                         catalog)
     app.scorer, app.user_state, app.catalog, app.pipeline = scorer, user_state, catalog, pipeline
+    readiness = app.readiness = Readiness(settings.ready_broker_timeout_s)
+    changelog = user_state.changelog_topic.get_topic_name()
 
     @app.task
     async def learn_from_table() -> None:
@@ -226,17 +256,46 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     async def health(web, request):
         return web.json({"status": "ok", "app_id": settings.app_id})
 
+    @app.timer(interval=max(0.5, min(3.0, settings.ready_broker_timeout_s / 4)))
+    async def probe_broker() -> None:
+        """Readiness: does the broker answer? Also keeps the lookup routing metadata (the changelog's) fetched."""
+        probe_timeout = max(0.5, settings.ready_broker_timeout_s / 2)
+        try:
+            await producer_metadata(app, changelog, probe_timeout)
+            answered = await asyncio.wait_for(app.producer._ensure_producer().client.force_metadata_update(),
+                                              probe_timeout)
+        except Exception as exc:   # the broker being away is what this measures, not a fault
+            readiness.broker_failed(f"{type(exc).__name__}: {exc}")
+            return
+        if answered:
+            readiness.broker_answered()
+        else:
+            readiness.broker_failed("metadata request failed on every known broker")
+
+    def ready_now() -> tuple[bool, dict]:
+        return readiness.check(recovered=app.tables.recovery.completed.is_set(), rebalancing=bool(app.rebalancing))
+
     @app.page("/ready")
     async def ready(web, request):
-        recovered = app.tables.recovery.completed.is_set()
-        ok = recovered and not app.rebalancing
-        return web.json({"ready": ok, "recovered": recovered, "rebalancing": bool(app.rebalancing)},
-                        status=200 if ok else 503)
+        ok, body = ready_now()
+        return web.json(body, status=200 if ok else 503)
 
-    @app.page("/recommendations/{user_id}")
     @app.table_route(table=user_state, match_info="user_id")
-    async def lookup(web, request, user_id):
+    async def lookup_here(web, request, user_id):   # Faust forwards to the owner, or calls this on the owner
         status, body = await pipeline.lookup(user_id)
         return web.json(body, status=status)
+
+    @app.page("/recommendations/{user_id}")
+    async def lookup(web, request, user_id):
+        if not app.tables.recovery.completed.is_set() or app.rebalancing:
+            _, body = ready_now()
+            return web.json({"error": "not ready: " + "; ".join(body.get("reasons", [])), "retry": True},
+                            status=503)
+        try:
+            await producer_metadata(app, changelog, 5.0)
+        except Exception as exc:   # the broker is away: which worker owns the user is unknown for now
+            return web.json({"error": f"cannot route the lookup: {type(exc).__name__}: {exc}", "retry": True},
+                            status=503)
+        return await lookup_here(web, request, user_id=user_id)
 
     return app
