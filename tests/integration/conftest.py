@@ -250,6 +250,56 @@ def stack(bootstrap, tmp_path):
     s.close()
 
 
+@dataclass
+class PrivateBroker:
+    """A broker of one test's own (``deploy/kafka/kafka.sh``), for tests that stop and start it."""
+
+    port: int
+    run_dir: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _sh(self, *args: str, timeout: float = 150) -> None:
+        env = {**os.environ, "STREAMREC_KAFKA_PORT": str(self.port), "STREAMREC_KAFKA_RUN_DIR": str(self.run_dir),
+               "STREAMREC_PYTHON": sys.executable, "STREAMREC_KAFKA_HEAP_OPTS": "-Xms128m -Xmx384m"}
+        r = subprocess.run(["bash", str(REPO_ROOT / "deploy" / "kafka" / "kafka.sh"), *args], env=env,
+                           capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, f"kafka.sh {' '.join(args)}: {r.stdout}{r.stderr}"
+
+    def start(self) -> None:
+        self._sh("start")
+        self._sh("wait", "120")
+
+    def stop(self) -> None:
+        self._sh("stop")
+
+
+def _private_broker_port() -> int:
+    # Next to the suite's broker (scripts/test.sh sets its port; it uses port and port+1), so that concurrent
+    # checkouts on one machine, each with its own test port, never pick the same one; else any free pair.
+    if os.environ.get("STREAMREC_KAFKA_PORT"):
+        return int(os.environ["STREAMREC_KAFKA_PORT"]) + 2
+    while True:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+
+
+@pytest.fixture
+def private_broker(bootstrap, tmp_path):
+    """Only where the suite has a broker (the same switch as every integration test)."""
+    broker = PrivateBroker(_private_broker_port(), tmp_path / "kafka")
+    broker.start()
+    yield broker
+    broker._sh("reset")
+
+
 def event(user: str, item: str, ts: float, n: int | str | None = None, kind: str = "view") -> Interaction:
     return Interaction(event_id=f"{user}-{item}-{n if n is not None else int(ts)}", user_id=user, item_id=item,
                        event_type=kind, timestamp=ts, value=4.0 if kind == "rating" else None)

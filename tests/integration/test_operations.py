@@ -75,3 +75,69 @@ def test_unknown_routes_answer_json_404(stack):
         status, ctype, body = http_get(worker.url + path)
         assert status == 404 and ctype == "application/json", (path, status, ctype, body)
         assert json.loads(body)["error"]
+
+
+def metric(worker, name: str) -> float:
+    """A sample's value from the worker's /metrics (0 when absent)."""
+    _, _, body = http_get(worker.url + "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_for(what: str, cond, timeout: float, worker=None) -> float:
+    """Seconds until ``cond()`` held; fail after ``timeout``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if worker is not None:
+            worker.assert_alive()
+        try:
+            if cond():
+                return time.monotonic() - t0
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{what}: not within {timeout} s" + (f"; log tail:\n{worker.tail()}" if worker else ""))
+
+
+def test_broker_outage_mid_stream_unready_then_ready_and_nothing_lost_or_doubled(private_broker, tmp_path):
+    """The broker stops while the worker has events in hand, and comes back: /ready says 503 (with the reason)
+    while it is away and 200 after, /health stays 200, the worker stays up; every event is answered and applied
+    exactly once in the changelog."""
+    from .conftest import Stack
+    stack = Stack(private_broker.bootstrap, tmp_path, extra_env={"STREAMREC_READY_BROKER_TIMEOUT_S": "4"})
+    stack.apply_topics()
+    try:
+        users = [f"o{u:02d}" for u in range(40)]
+        n_each = 60
+        evs = [event(u, f"i{n}", T0 + 100 * n + k, n=n) for n in range(n_each) for k, u in enumerate(users)]
+        half = len(evs) // 2
+        worker = stack.worker()
+        stack.produce_events(evs[:half])
+        wait_for("first recommendations", lambda: metric(worker, "streamrec_recommendations_total") >= 100,
+                 60, worker)
+        private_broker.stop()
+        answered_at_stop = metric(worker, "streamrec_recommendations_total")
+        waited = wait_for("/ready 503", lambda: worker.get("/ready")[0] == 503, 30, worker)
+        status, body = worker.get("/ready")
+        assert status == 503 and body["broker_reachable"] is False, body
+        assert any("broker" in r for r in body["reasons"]), body
+        assert worker.get("/health")[0] == 200
+        time.sleep(3)
+        worker.assert_alive()
+
+        private_broker.start()
+        wait_for("/ready 200 after the broker came back", lambda: worker.get("/ready")[0] == 200, 90, worker)
+        stack.produce_events(evs[half:])
+        want = {e.event_id for e in evs}
+        stack.consume(stack.topic("recommendations"),
+                      lambda rs: want <= {m["trigger_event_id"] for _, m in rs}, timeout=120)
+        states = stack.changelog_states(lambda st: len(st) == len(users) and all(
+            s["total"] >= n_each for s in st.values()), timeout=60)
+        for u in users:
+            assert states[u]["total"] == n_each and states[u]["counts"] == {"view": n_each}, (u, states[u]["total"])
+        worker.assert_alive()
+        print(f"outage: {answered_at_stop:.0f}/{half} answered when the broker stopped; unready after {waited:.1f} s")
+    finally:
+        stack.close()
