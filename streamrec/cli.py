@@ -20,10 +20,17 @@ KAFKA = ["kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "
 def cmd_worker(args) -> int:
     settings = from_args(args)
     from faust.worker import Worker
+    from streamrec.stream import logs
     from streamrec.stream.app import create_app
+
+    class StreamrecWorker(Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            logs.install(logger, interval_s=settings.log_repeat_interval_s, fmt=settings.log_format)
+
     app = create_app(settings)
     logging.getLogger(__name__).info("settings: %s", json.dumps(settings.as_dict()))
-    Worker(app, loglevel=settings.log_level).execute_from_commandline()
+    StreamrecWorker(app, loglevel=settings.log_level).execute_from_commandline()
     return 0
 
 

@@ -6,6 +6,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 EVENTS = Counter("streamrec_events_total", "Interaction events by outcome", ["outcome"], registry=REGISTRY)
 # outcome: applied | duplicate | dead_letter | rekeyed
+DEAD_LETTERS = Counter("streamrec_dead_letters_total", "Dead-lettered records by reason", ["reason"],
+                       registry=REGISTRY)
+# reason: the InvalidEvent kind (schema, not_json, not_utf8, too_large) or processing
 RECOMMENDATIONS = Counter("streamrec_recommendations_total", "Recommendation messages published", registry=REGISTRY)
 AGENT_BATCH = Histogram("streamrec_agent_batch_events", "Events per batch taken from the stream",
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=REGISTRY)

@@ -26,6 +26,7 @@ from faust import streams as faust_streams
 from streamrec import metrics
 from streamrec.config import Settings
 from streamrec.serve.build import build_scorer
+from streamrec.stream import logs
 from streamrec.stream.pipeline import Pipeline
 from streamrec.stream.readiness import Readiness
 from streamrec.stream.topics import DEAD_LETTER, INTERACTIONS, ITEMS, RECOMMENDATIONS, spec_for
@@ -247,6 +248,11 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
                 await pipeline.handle_item(event)
             except Exception as exc:
                 fatal("an item record failed", exc)
+
+    if settings.log_repeat_interval_s > 0:
+        @app.timer(interval=settings.log_repeat_interval_s)
+        async def log_summaries() -> None:   # counts of held-back repeats, also when the flood has stopped
+            logs.flush_all()
 
     @app.page("/metrics")
     async def metrics_page(web, request):

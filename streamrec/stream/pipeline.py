@@ -160,6 +160,7 @@ class Pipeline:
             reason=reason, error=error, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
             key=msg.key, value=msg.value, max_value_bytes=self.settings.max_event_bytes)))
         metrics.EVENTS.labels("dead_letter").inc()
+        metrics.DEAD_LETTERS.labels(error).inc()
         log.warning("dead-lettered %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
 
     # -- lookups (HTTP) --------------------------------------------------------------------------------------

@@ -277,18 +277,25 @@ class PrivateBroker:
 
 
 def _private_broker_port() -> int:
-    # Next to the suite's broker (scripts/test.sh sets its port; it uses port and port+1), so that concurrent
-    # checkouts on one machine, each with its own test port, never pick the same one; else any free pair.
+    """A port pair (broker, controller) below the ephemeral range.
+
+    While the broker is down, clients keep reconnecting from ephemeral ports; when one of them draws the broker's
+    own port number, Linux connects the socket to itself and the restarted broker cannot bind ("Address already
+    in use"). Ports below the range are never drawn. Derived from the suite's broker port when scripts/test.sh
+    set one, so concurrent checkouts on one machine (each with its own test port) pick different ones.
+    """
     if os.environ.get("STREAMREC_KAFKA_PORT"):
-        return int(os.environ["STREAMREC_KAFKA_PORT"]) + 2
+        return 20000 + (int(os.environ["STREAMREC_KAFKA_PORT"]) + 2) % 10000
+    import random
     while True:
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
+        port = random.randrange(20000, 30000, 2)
+        try:
+            for p in (port, port + 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
 
 
 @pytest.fixture
@@ -297,7 +304,7 @@ def private_broker(bootstrap, tmp_path):
     broker = PrivateBroker(_private_broker_port(), tmp_path / "kafka")
     broker.start()
     yield broker
-    broker._sh("reset")
+    broker.stop()
 
 
 def event(user: str, item: str, ts: float, n: int | str | None = None, kind: str = "view") -> Interaction:

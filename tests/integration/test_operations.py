@@ -30,6 +30,7 @@ def test_lookups_right_after_a_restart_never_answer_500(stack):
     """A restarted worker with state but no traffic: its producer has never sent to the changelog, so Faust's
     router had no partition metadata for it and every lookup answered 500 until the first event came."""
     users = [f"r{u}" for u in range(12)]            # spread over all 4 partitions
+    stack.extra_env["STREAMREC_LOG_FORMAT"] = "json"
     worker = stack.worker()
     stack.produce_events([event(u, it, T0 + n) for u in users for n, it in enumerate("abc")])
     stack.changelog_states(lambda st: all(st.get(u, {}).get("total") == 3 for u in users))
@@ -67,6 +68,8 @@ def test_lookups_right_after_a_restart_never_answer_500(stack):
         assert status == 200 and body["user_id"] == u, (u, status, body)
     status, body = worker.get("/recommendations/nobody")
     assert status == 404 and "unknown user" in body["error"]
+    logged = [json.loads(line) for line in worker.log_path.read_text().splitlines() if line.startswith("{")]
+    assert any(r["logger"] == "streamrec.stream.app" and "warmed up" in r["message"] for r in logged)
 
 
 def test_unknown_routes_answer_json_404(stack):
@@ -84,6 +87,11 @@ def metric(worker, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def warnings_and_errors(worker) -> int:
+    return sum(1 for line in worker.log_path.read_text(errors="replace").splitlines()
+               if "[WARNING]" in line or "[ERROR]" in line)
 
 
 def wait_for(what: str, cond, timeout: float, worker=None) -> float:
@@ -129,6 +137,7 @@ def test_broker_outage_mid_stream_unready_then_ready_and_nothing_lost_or_doubled
 
         private_broker.start()
         wait_for("/ready 200 after the broker came back", lambda: worker.get("/ready")[0] == 200, 90, worker)
+        outage_log_lines = warnings_and_errors(worker)
         stack.produce_events(evs[half:])
         want = {e.event_id for e in evs}
         stack.consume(stack.topic("recommendations"),
@@ -138,6 +147,9 @@ def test_broker_outage_mid_stream_unready_then_ready_and_nothing_lost_or_doubled
         for u in users:
             assert states[u]["total"] == n_each and states[u]["counts"] == {"view": n_each}, (u, states[u]["total"])
         worker.assert_alive()
-        print(f"outage: {answered_at_stop:.0f}/{half} answered when the broker stopped; unready after {waited:.1f} s")
+        # Rate-limited: ~1,800 lines for this outage without it (every reconnect attempt logged).
+        assert outage_log_lines < 150, worker.tail(150)
+        print(f"outage: {answered_at_stop:.0f}/{half} answered when the broker stopped; unready after "
+              f"{waited:.1f} s; {outage_log_lines} warning/error lines logged")
     finally:
         stack.close()
