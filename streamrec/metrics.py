@@ -1,8 +1,11 @@
 """Prometheus metrics of the worker, served at ``/metrics`` on the worker's web port."""
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
+                               generate_latest)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)     # process_resident_memory_bytes, process_cpu_seconds_total, open fds
+PlatformCollector(registry=REGISTRY)    # python_info
 
 EVENTS = Counter("streamrec_events_total", "Interaction events by outcome", ["outcome"], registry=REGISTRY)
 # outcome: applied | duplicate | dead_letter | rekeyed
@@ -21,6 +24,10 @@ COMPUTE = Histogram("streamrec_score_compute_seconds", "Scorer call duration", [
 FALLBACKS = Counter("streamrec_score_fallbacks_total", "Requests answered by the fallback scorer", ["reason"],
                     registry=REGISTRY)
 QUEUE_DEPTH = Gauge("streamrec_score_queue_depth", "Scoring requests waiting", registry=REGISTRY)
+REBALANCES = Counter("streamrec_rebalances_total", "Consumer group rebalances this worker took part in",
+                     registry=REGISTRY)
+RECOVERY = Gauge("streamrec_recovery_seconds", "Seconds from the start of the last rebalance until this worker's "
+                 "tables were recovered and it resumed processing", registry=REGISTRY)
 CATALOG_ITEMS = Gauge("streamrec_catalog_items", "Items in the catalog table", registry=REGISTRY)
 
 

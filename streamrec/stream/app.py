@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import weakref
 from typing import Any, Iterator, NoReturn
 
@@ -22,6 +23,7 @@ import faust
 import orjson
 from aiohttp import web as aiohttp_web
 from faust import streams as faust_streams
+from faust.sensors import Sensor
 
 from streamrec import metrics
 from streamrec.config import Settings
@@ -151,6 +153,22 @@ async def producer_metadata(app: faust.App, topic: str, timeout_s: float) -> Non
     await asyncio.wait_for(producer.partitions_for(topic), timeout_s)
 
 
+class RebalanceMetrics(Sensor):
+    """Rebalances counted, and the time from a rebalance's start until the tables are recovered (what a worker
+    joining, leaving or restarting costs the partitions it takes over)."""
+
+    started: float | None = None
+
+    def on_rebalance_start(self, app: faust.App) -> dict:
+        metrics.REBALANCES.inc()
+        self.started = time.monotonic()
+        return super().on_rebalance_start(app)
+
+    async def recovered(self, sender: Any = None, **kwargs: Any) -> None:   # app.on_rebalance_complete receiver
+        if self.started is not None:
+            metrics.RECOVERY.set(time.monotonic() - self.started)
+
+
 def create_app(settings: Settings, scorer=None) -> faust.App:
     n_partitions = spec_for(settings, INTERACTIONS).partitions
     app = faust.App(
@@ -208,6 +226,9 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
                         catalog)
     app.scorer, app.user_state, app.catalog, app.pipeline = scorer, user_state, catalog, pipeline
     readiness = app.readiness = Readiness(settings.ready_broker_timeout_s)
+    rebalance_metrics = RebalanceMetrics()
+    app.sensors.add(rebalance_metrics)
+    app.on_rebalance_complete.connect(rebalance_metrics.recovered)
     changelog = user_state.changelog_topic.get_topic_name()
 
     @app.task

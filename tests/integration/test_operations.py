@@ -72,12 +72,23 @@ def test_lookups_right_after_a_restart_never_answer_500(stack):
     assert any(r["logger"] == "streamrec.stream.app" and "warmed up" in r["message"] for r in logged)
 
 
-def test_unknown_routes_answer_json_404(stack):
+def test_unknown_routes_answer_json_404_and_operator_metrics(stack):
     worker = stack.worker()
     for path in ("/recommendations/a/b", "/recommendations/", "/no/such/page"):
         status, ctype, body = http_get(worker.url + path)
         assert status == 404 and ctype == "application/json", (path, status, ctype, body)
         assert json.loads(body)["error"]
+
+    stack.produce(stack.topic("interactions"), [(b"m", b"{nope"), (b"m", b"{nope2"), (b"m", b"[1]"),
+                                                (b"m", event("m", "x", T0).to_bytes())])
+    stack.consume(stack.topic("recommendations"), lambda rs: len(rs) >= 1)
+    wait_for("dead letters counted", lambda: metric(worker, 'streamrec_dead_letters_total{reason="schema"}') == 1,
+             30, worker)
+    assert metric(worker, 'streamrec_dead_letters_total{reason="not_json"}') == 2
+    assert metric(worker, "process_resident_memory_bytes") > 10e6
+    assert metric(worker, "process_cpu_seconds_total") > 0
+    assert metric(worker, "streamrec_rebalances_total") >= 1
+    assert 0 < metric(worker, "streamrec_recovery_seconds") < 120
 
 
 def metric(worker, name: str) -> float:
