@@ -72,6 +72,14 @@ def cmd_catalog(args) -> int:
     return 0
 
 
+def cmd_erase(args) -> int:
+    from streamrec.tools.replay import request_erasure
+    settings = from_args(args)
+    for r in request_erasure(settings, args.users, args.request_id):
+        print(f"erase request {r['request_id']} for user {r['user_id']!r} -> {settings.topic('user-erasure')}")
+    return 0
+
+
 def cmd_tail(args) -> int:
     from streamrec.model.datasets import read_titles
     from streamrec.tools.tail import follow, printer
@@ -123,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true")
     add_arguments(c, KAFKA)
     c.set_defaults(func=cmd_catalog)
+
+    e = sub.add_parser("erase", help="request the erasure of users' state (their lookups answer 404 afterwards)")
+    e.add_argument("users", nargs="+", metavar="USER", help="user id(s)")
+    e.add_argument("--request-id", help="your reference for the request (default: a random id); logged by the "
+                                        "worker instead of the user id")
+    add_arguments(e, KAFKA)
+    e.set_defaults(func=cmd_erase)
 
     tl = sub.add_parser("tail", help="follow the recommendations (or dead-letter) topic and print it")
     tl.add_argument("--dead-letters", action="store_true", help="follow the dead-letter topic instead")

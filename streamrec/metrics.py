@@ -24,6 +24,8 @@ COMPUTE = Histogram("streamrec_score_compute_seconds", "Scorer call duration", [
 FALLBACKS = Counter("streamrec_score_fallbacks_total", "Requests answered by the fallback scorer", ["reason"],
                     registry=REGISTRY)
 QUEUE_DEPTH = Gauge("streamrec_score_queue_depth", "Scoring requests waiting", registry=REGISTRY)
+ERASURES = Counter("streamrec_erasures_total", "User erasure requests carried out (repeats included)",
+                   registry=REGISTRY)
 REBALANCES = Counter("streamrec_rebalances_total", "Consumer group rebalances this worker took part in",
                      registry=REGISTRY)
 RECOVERY = Gauge("streamrec_recovery_seconds", "Seconds from the start of the last rebalance until this worker's "

@@ -31,7 +31,7 @@ from streamrec.serve.build import build_scorer
 from streamrec.stream import logs
 from streamrec.stream.pipeline import Pipeline
 from streamrec.stream.readiness import Readiness
-from streamrec.stream.topics import DEAD_LETTER, INTERACTIONS, ITEMS, RECOMMENDATIONS, spec_for
+from streamrec.stream.topics import DEAD_LETTER, ERASURE, INTERACTIONS, ITEMS, RECOMMENDATIONS, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,13 @@ class FaustStateStore:
     def put(self, key: bytes, value: bytes, event: faust.EventT) -> None:
         with processing(event):
             self.table[key] = value
+
+    def delete(self, key: bytes, event: faust.EventT) -> None:
+        with processing(event):
+            try:
+                del self.table[key]   # the tombstone goes to the changelog first, then RocksDB forgets the key
+            except KeyError:
+                pass
 
 
 class KafkaSink:
@@ -202,6 +209,11 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     items = app.topic(settings.topic(ITEMS), key_serializer="raw", value_serializer="raw")
     recommendations = app.topic(settings.topic(RECOMMENDATIONS), key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(settings.topic(DEAD_LETTER), key_serializer="raw", value_serializer="raw")
+    erasure = app.topic(settings.topic(ERASURE), key_serializer="raw", value_serializer="raw", partitions=n_partitions)
+    # One agent reads both: co-subscribed topics with equal partition counts are assigned together (Faust's
+    # co-partitioning), so a user's erase request reaches the worker holding their state, in the same batches.
+    interactions_and_erasure = app.topic(settings.topic(INTERACTIONS), settings.topic(ERASURE), key_serializer="raw",
+                                         value_serializer="raw", partitions=n_partitions)
 
     # bytes -> Faust's raw codec: keys are UTF-8 user ids, values JSON we encode once ourselves
     # (state.encode_state); Faust's JSON codec would encode every write twice (RocksDB and changelog), slower.
@@ -221,9 +233,9 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     catalog = app.GlobalTable("catalog", default=None, partitions=spec_for(settings, ITEMS).partitions,
                               on_changelog_event=on_catalog_change, help="item records from the items topic")
     scorer = scorer or build_scorer(settings)
-    pipeline = Pipeline(settings, scorer, FaustStateStore(user_state),
-                        KafkaSink(app, [interactions, recommendations, dead_letters], settings.processing_guarantee == "exactly_once"),
-                        catalog)
+    sink = KafkaSink(app, [interactions, recommendations, dead_letters, erasure],
+                     settings.processing_guarantee == "exactly_once")
+    pipeline = Pipeline(settings, scorer, FaustStateStore(user_state), sink, catalog)
     app.scorer, app.user_state, app.catalog, app.pipeline = scorer, user_state, catalog, pipeline
     readiness = app.readiness = Readiness(settings.ready_broker_timeout_s)
     rebalance_metrics = RebalanceMetrics()
@@ -254,7 +266,7 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
         users += pipeline.learn_histories(chunk)
         log.info("scorer warmed up from the histories of %d users", users)
 
-    @app.agent(interactions, name="process_interactions")
+    @app.agent(interactions_and_erasure, name="process_interactions")
     async def process_interactions(stream):
         async for batch in stream.take_events(settings.take_batch, within=settings.take_within_s):
             try:

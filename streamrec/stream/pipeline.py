@@ -5,6 +5,8 @@ an event lives here, so a unit test can drive it with fake events, a dict for a 
 
 What goes where:
   * bad input (an event or item record that does not parse) -> the dead-letter topic, with the reason;
+  * an erase request (``user-erasure``, read by the same agent in the same batches) -> the user's state deleted:
+    RocksDB and a tombstone in the changelog; their later events start a new state;
   * a fault of the worker itself (its store, its state, its scorer without a fallback) -> an exception out of
     ``handle_batch``: the agent then stops the worker before Faust commits the batch (``app.fatal``), and Kafka
     redelivers it; the dedupe ring keeps redelivered events from being applied twice.
@@ -24,8 +26,9 @@ from streamrec.events import InvalidEvent, parse_event
 from streamrec.scoring import CooccurrenceScorer, ScoreRequest, Scored
 from streamrec.stream import messages
 from streamrec.stream.catalog import validate_item
+from streamrec.stream.erasure import parse_erase_request
 from streamrec.stream.state import apply_event, decode_state, encode_state, history_items, seen_items
-from streamrec.stream.topics import DEAD_LETTER, INTERACTIONS, RECOMMENDATIONS
+from streamrec.stream.topics import DEAD_LETTER, ERASURE, INTERACTIONS, RECOMMENDATIONS
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,9 @@ class StateStore(Protocol):
 
     def put(self, key: bytes, value: bytes, event: Event) -> None: ...
 
+    def delete(self, key: bytes, event: Event) -> None:
+        """Remove ``key`` and write a tombstone to the changelog, also when the key is already gone."""
+
 
 class Pipeline:
     def __init__(self, settings: Settings, scorer: Any, store: StateStore, sink: Sink,
@@ -67,7 +73,7 @@ class Pipeline:
         self.sink = sink
         self.catalog = {} if catalog is None else catalog
         self.unavailable: set[str] = set()   # never recommended: available=false or deleted in the catalog
-        self.topics = {name: settings.topic(name) for name in (INTERACTIONS, RECOMMENDATIONS, DEAD_LETTER)}
+        self.topics = {name: settings.topic(name) for name in (INTERACTIONS, RECOMMENDATIONS, DEAD_LETTER, ERASURE)}
         self._applied = metrics.EVENTS.labels("applied")
         self._duplicate = metrics.EVENTS.labels("duplicate")
 
@@ -82,9 +88,12 @@ class Pipeline:
         metrics.AGENT_BATCH.observe(len(batch))
         applied: list[tuple[Any, dict, bool]] = []
         # Newest state of each user touched by this batch, and the event to write it under: the table (RocksDB
-        # + changelog) is written once per user per batch, not once per event.
-        dirty: dict[str, tuple[Event, dict]] = {}
+        # + changelog) is written once per user per batch, not once per event. None: erased.
+        dirty: dict[str, tuple[Event, dict | None]] = {}
         for event in batch:
+            if event.message.topic == self.topics[ERASURE]:
+                await self.erase(event, dirty)
+                continue
             try:
                 interaction = parse_event(event.message.value, settings.max_event_bytes)
             except InvalidEvent as exc:
@@ -117,7 +126,10 @@ class Pipeline:
                 self._duplicate.inc()
             applied.append((interaction, after, not is_new))
         for user, (event, state) in dirty.items():
-            self.store.put(event.message.key, encode_state(state), event)
+            if state is None:
+                self.store.delete(event.message.key, event)
+            else:
+                self.store.put(event.message.key, encode_state(state), event)
         if not applied:
             return
         # Coalesce: one request per user, from their newest state; every event of theirs gets the answer.
@@ -130,6 +142,27 @@ class Pipeline:
                                           event_timestamp=interaction.timestamp, redelivered=redelivered)
             await self.sink.send(self.topics[RECOMMENDATIONS], interaction.user_id.encode(), messages.encode(msg))
         metrics.RECOMMENDATIONS.inc(len(applied))
+
+    async def erase(self, event: Event, dirty: dict[str, tuple[Event, dict | None]]) -> None:
+        """An erase request: the user's state is deleted at the end of the batch; later events start afresh.
+
+        Repeating it is harmless (at-least-once): the tombstone is written again, also when the key is already
+        gone locally -- after a hard crash RocksDB may have lost the key while its tombstone never left the
+        producer. The online scorer keeps no per-user data (its counts are item-item aggregates, rebuilt from the
+        remaining table after a restart), so there is nothing of the user's to forget there.
+        """
+        try:
+            request = parse_erase_request(event.message.value)
+        except InvalidEvent as exc:
+            await self.dead_letter(event, exc.kind, exc.reason)
+            return
+        user = request["user_id"]
+        if event.message.key != user.encode():   # the state lives on the partition of the user's key
+            await self.sink.send(self.topics[ERASURE], user.encode(), event.message.value)
+            return
+        dirty[user] = (event, None)
+        metrics.ERASURES.inc()
+        log.info("erase request %s carried out", request["request_id"])   # the request id, not the user id
 
     def request(self, user_id: str, state: dict) -> ScoreRequest:
         return ScoreRequest(user_id, tuple(history_items(state)), self.settings.top_k,

@@ -164,3 +164,60 @@ def test_broker_outage_mid_stream_unready_then_ready_and_nothing_lost_or_doubled
               f"{waited:.1f} s; {outage_log_lines} warning/error lines logged")
     finally:
         stack.close()
+
+
+def rocksdb_keys(data_dir) -> set[bytes]:
+    """Every key in the worker's user_state RocksDB partitions (the worker must be stopped)."""
+    from pathlib import Path
+    from rocksdict import AccessType, Rdict
+    keys: set[bytes] = set()
+    paths = sorted(Path(data_dir).rglob("user_state-*.db"))
+    assert paths, f"no user_state RocksDB under {data_dir}"
+    for path in paths:
+        db = Rdict(str(path), access_type=AccessType.read_only())
+        try:
+            keys.update(db.keys())
+        finally:
+            db.close()
+    return keys
+
+
+def test_erasure_removes_the_user_from_rocksdb_and_the_changelog_and_lookups_answer_404(stack):
+    import shutil
+    import subprocess
+    import sys
+    users = [f"e{u}" for u in range(8)]
+    worker = stack.worker()
+    stack.produce_events([event(u, it, T0 + n) for u in users for n, it in enumerate("abc")])
+    stack.changelog_states(lambda st: all(st.get(u, {}).get("total") == 3 for u in users))
+    assert worker.get("/recommendations/e1")[0] == 200
+
+    out = subprocess.run([sys.executable, "-m", "streamrec", "erase", "e1", "e2", "--request-id", "ticket-9"],
+                         env=stack.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    wait_for("lookups of erased users answer 404",
+             lambda: worker.get("/recommendations/e1")[0] == worker.get("/recommendations/e2")[0] == 404, 30, worker)
+    assert all(worker.get(f"/recommendations/{u}")[0] == 200 for u in users if u not in ("e1", "e2"))
+    # The changelog: the erased users' last record is a tombstone (compaction then drops their key entirely).
+    changelog = f"{stack.settings.app_id}-user_state-changelog"
+    records = stack.consume(changelog, lambda rs: {r.key for r in rs if r.value is None} >= {b"e1", b"e2"}, raw=True)
+    last = {r.key: r.value for r in records}
+    assert last[b"e1"] is None and last[b"e2"] is None and last[b"e0"] is not None
+    assert metric(worker, "streamrec_erasures_total") == 2
+    assert "ticket-9-e1" in worker.log_path.read_text()        # the request is logged by its id
+    assert worker.stop() == 0
+    keys = rocksdb_keys(stack.settings.data_dir)
+    assert b"e1" not in keys and b"e2" not in keys and b"e0" in keys
+
+    # A worker rebuilding from the changelog alone (local state lost) does not bring them back.
+    shutil.rmtree(stack.settings.data_dir)
+    worker = stack.worker()
+    assert worker.get("/recommendations/e1")[0] == 404 and worker.get("/recommendations/e0")[0] == 200
+    # Erasing again is harmless; acting again starts a new state with nothing from before.
+    subprocess.run([sys.executable, "-m", "streamrec", "erase", "e1"], env=stack.env, check=True, timeout=60,
+                   capture_output=True)
+    wait_for("the repeated request carried out", lambda: metric(worker, "streamrec_erasures_total") == 1, 30, worker)
+    assert worker.get("/recommendations/e1")[0] == 404
+    stack.produce_events([event("e1", "q", T0 + 100)])
+    state = stack.changelog_state("e1", until=lambda s: "q" in [h[0] for h in s["history"]])
+    assert state["total"] == 1 and [h[0] for h in state["history"]] == ["q"]
