@@ -19,6 +19,7 @@ import time
 import weakref
 from typing import Any, Iterator, NoReturn
 
+import aiohttp
 import faust
 import orjson
 from aiohttp import web as aiohttp_web
@@ -335,6 +336,10 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
         except Exception as exc:   # the broker is away: which worker owns the user is unknown for now
             return web.json({"error": f"cannot route the lookup: {type(exc).__name__}: {exc}", "retry": True},
                             status=503)
-        return await lookup_here(web, request, user_id=user_id)
+        try:
+            return await lookup_here(web, request, user_id=user_id)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:   # forwarding: the owner is away
+            return web.json({"error": f"the worker that owns this user did not answer: {type(exc).__name__}",
+                             "retry": True}, status=503)
 
     return app

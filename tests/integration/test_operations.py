@@ -245,6 +245,10 @@ def test_two_workers_one_killed_mid_stream_and_restarted_nothing_lost_or_doubled
         wait_for("the second worker answering", lambda: metric(second, "streamrec_recommendations_total") >= 50,
                  60, second)
         assert second.kill() != 0
+        # Until the group notices, the survivor still forwards lookups of the dead worker's users to it: 503
+        # with "retry", never 500.
+        statuses = [http_get(f"{first.url}/recommendations/{u}")[0] for u in users]
+        assert set(statuses) <= {200, 404, 503}, statuses
         wait_for("the survivor took over", lambda: first.get("/ready")[0] == 200
                  and metric(first, "streamrec_rebalances_total") >= 2, 60, first)
         second.start()                        # same data dir: RocksDB + changelog tail
@@ -260,7 +264,7 @@ def test_two_workers_one_killed_mid_stream_and_restarted_nothing_lost_or_doubled
         first.assert_alive()
         second.assert_alive()
         assert metric(first, "streamrec_rebalances_total") >= 3   # joined, took over, gave back
-        print(f"two workers: {len(evs)} events, {len(recs)} answers "
+        print(f"two workers: lookups right after the kill {sorted(statuses)}; {len(evs)} events, {len(recs)} answers "
               f"({len(recs) - len(evs)} redelivered), rebalances seen by the survivor: "
               f"{metric(first, 'streamrec_rebalances_total'):.0f}")
     finally:
