@@ -115,6 +115,8 @@ class JsonFormatter(logging.Formatter):
 
 def install(root: logging.Logger, *, interval_s: float, fmt: str) -> RateLimitFilter:
     """Rate-limit (and optionally JSON-format) every handler of the root logger."""
+    if fmt not in ("text", "json"):
+        raise ValueError(f"log format {fmt!r}: expected text or json")
     limiter = RateLimitFilter(interval_s)
     for handler in root.handlers:
         handler.addFilter(limiter)

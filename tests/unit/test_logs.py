@@ -108,3 +108,14 @@ def test_json_lines():
     out = json.loads(JsonFormatter().format(rec))
     assert out["level"] == "ERROR" and out["logger"] == "streamrec.x" and out["message"] == "failed here"
     assert "ValueError: boom" in out["exc"]
+
+
+def test_install_filters_every_root_handler_and_refuses_unknown_formats():
+    from streamrec.stream.logs import install
+    root = logging.Logger("fake-root")
+    a, b = logging.StreamHandler(io.StringIO()), logging.StreamHandler(io.StringIO())
+    root.handlers = [a, b]
+    limiter = install(root, interval_s=5, fmt="json")
+    assert all(limiter in h.filters and isinstance(h.formatter, JsonFormatter) for h in (a, b))
+    with pytest.raises(ValueError):
+        install(root, interval_s=5, fmt="yaml")
