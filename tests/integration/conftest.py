@@ -300,7 +300,16 @@ def _private_broker_port() -> int:
 
 @pytest.fixture
 def private_broker(bootstrap, tmp_path):
-    """Only where the suite has a broker (the same switch as every integration test)."""
+    """Only where the suite has a broker (the same switch as every integration test), and where a local one can
+    be started: Java and the broker jars (``kafka.sh fetch``, which scripts/test.sh runs). The compose ``tests``
+    container has neither; its broker is another container that a test cannot stop."""
+    import glob
+    import shutil
+    java = os.environ.get("STREAMREC_KAFKA_JAVA") or (os.path.join(os.environ["JAVA_HOME"], "bin", "java")
+                                                       if os.environ.get("JAVA_HOME") else "java")
+    jars = glob.glob(str(REPO_ROOT / "deploy" / "kafka" / ".cache" / "libs-*" / "kafka_*.jar"))
+    if not shutil.which(java) or not jars:
+        pytest.skip("needs a local broker it can stop and start: Java and the jars of deploy/kafka/kafka.sh fetch")
     broker = PrivateBroker(_private_broker_port(), tmp_path / "kafka")
     broker.start()
     yield broker
