@@ -21,10 +21,17 @@ def cmd_worker(args) -> int:
         from streamrec.tools import processes
         return processes.run(settings, dict(os.environ))
     from faust.worker import Worker
+    from streamrec.stream import logs
     from streamrec.stream.app import create_app
+
+    class StreamrecWorker(Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            logs.install(logger, interval_s=settings.log_repeat_interval_s, fmt=settings.log_format)
+
     app = create_app(settings)
     logging.getLogger(__name__).info("settings: %s", json.dumps(settings.as_dict()))
-    Worker(app, loglevel=settings.log_level).execute_from_commandline()
+    StreamrecWorker(app, loglevel=settings.log_level).execute_from_commandline()
     return 0
 
 
@@ -63,6 +70,14 @@ def cmd_catalog(args) -> int:
     settings = from_args(args)
     n = load_catalog(settings, read_titles(args.file), progress=not args.quiet)
     print(f"loaded {n} items from {args.file} to {settings.topic('items')}")
+    return 0
+
+
+def cmd_erase(args) -> int:
+    from streamrec.tools.replay import request_erasure
+    settings = from_args(args)
+    for r in request_erasure(settings, args.users, args.request_id):
+        print(f"erase request {r['request_id']} for user {r['user_id']!r} -> {settings.topic('user-erasure')}")
     return 0
 
 
@@ -178,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true")
     add_arguments(c, KAFKA)
     c.set_defaults(func=cmd_catalog)
+
+    e = sub.add_parser("erase", help="request the erasure of users' state (their lookups answer 404 afterwards)")
+    e.add_argument("users", nargs="+", metavar="USER", help="user id(s)")
+    e.add_argument("--request-id", help="your reference for the request (default: a random id); logged by the "
+                                        "worker instead of the user id")
+    add_arguments(e, KAFKA)
+    e.set_defaults(func=cmd_erase)
 
     tl = sub.add_parser("tail", help="follow the recommendations (or dead-letter) topic and print it")
     tl.add_argument("--dead-letters", action="store_true", help="follow the dead-letter topic instead")

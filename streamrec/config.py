@@ -38,6 +38,12 @@ class Settings:
         "help": "host name other workers reach this one by (pod DNS name); lookups of a user are forwarded to the "
                 "worker owning their partition at this name. Empty = this machine's host name"})
     log_level: str = field(default="info", metadata={"help": "crit, error, warn, info or debug"})
+    log_format: str = field(default="text", metadata={"help": "text, or json (one JSON object per line)"})
+    log_repeat_interval_s: float = field(default=30.0, metadata={
+        "help": "a repeated warning/error (same logger and message template) is logged once per this many "
+                "seconds, then one line with the count of the others (0 = log every one)"})
+    ready_broker_timeout_s: float = field(default=15.0, metadata={
+        "help": "/ready fails when the broker has not answered the worker's metadata probe for this long"})
     session_timeout_s: float = field(default=10.0, metadata={"help": "consumer group session timeout"})
     processing_guarantee: str = field(default="at_least_once", metadata={"help": "at_least_once or exactly_once"})
     processes: int = field(default=1, metadata={

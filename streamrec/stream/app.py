@@ -15,18 +15,24 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import weakref
 from typing import Any, Awaitable, Callable, Iterable, Iterator, NoReturn
 
+import aiohttp
 import faust
 import orjson
+from aiohttp import web as aiohttp_web
 from faust import streams as faust_streams
+from faust.sensors import Sensor
 
 from streamrec import metrics
 from streamrec.config import Settings
 from streamrec.serve.build import build_scorer
+from streamrec.stream import logs
 from streamrec.stream.pipeline import Pipeline
-from streamrec.stream.topics import DEAD_LETTER, INTERACTIONS, ITEMS, RECOMMENDATIONS, spec_for
+from streamrec.stream.readiness import Readiness
+from streamrec.stream.topics import DEAD_LETTER, ERASURE, INTERACTIONS, ITEMS, RECOMMENDATIONS, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,13 @@ class FaustStateStore:
         with processing(event):
             self.table[key] = value
 
+    def delete(self, key: bytes, event: faust.EventT) -> None:
+        with processing(event):
+            try:
+                del self.table[key]   # the tombstone goes to the changelog first, then RocksDB forgets the key
+            except KeyError:
+                pass
+
 
 class KafkaSink:
     """The pipeline's ``Sink``: the worker's producer, each delivery checked."""
@@ -162,6 +175,8 @@ def partition_items(table: faust.Table, partition: int) -> Iterable[tuple[bytes,
     """
     store = table.data
     return store._visible_items(store._db_for_partition(partition))
+
+
 def consumer_lags(consumer: Any, topic: str) -> dict[tuple[str, int], int]:
     """(topic, partition) -> records after this worker's committed offset, for its assigned ``topic`` partitions.
 
@@ -180,6 +195,47 @@ def consumer_lags(consumer: Any, topic: str) -> dict[tuple[str, int], int]:
         if highwater is not None and position is not None:
             lags[(tp.topic, tp.partition)] = max(0, highwater - position)
     return lags
+
+
+@aiohttp_web.middleware
+async def json_errors(request, handler):
+    """Every answer is JSON: aiohttp's own 404/405 pages and unexpected errors are plain text otherwise."""
+    try:
+        return await handler(request)
+    except aiohttp_web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return aiohttp_web.json_response({"error": exc.reason, "path": request.path}, status=exc.status)
+    except Exception as exc:
+        log.exception("HTTP %s %s failed", request.method, request.path)
+        return aiohttp_web.json_response({"error": f"internal error: {type(exc).__name__}"}, status=500)
+
+
+async def producer_metadata(app: faust.App, topic: str, timeout_s: float) -> None:
+    """Make sure the producer knows ``topic``'s partitions.
+
+    Faust routes a table lookup by hashing the key with the *producer's* metadata of the changelog topic, which
+    the producer only fetches when it first sends there: a freshly started worker answered every lookup with a
+    ``TypeError`` (HTTP 500) until its first event. Raises ``TimeoutError`` when the broker does not answer.
+    """
+    producer = app.producer._ensure_producer()   # faust NotReady before the producer has started
+    await asyncio.wait_for(producer.partitions_for(topic), timeout_s)
+
+
+class RebalanceMetrics(Sensor):
+    """Rebalances counted, and the time from a rebalance's start until the tables are recovered (what a worker
+    joining, leaving or restarting costs the partitions it takes over)."""
+
+    started: float | None = None
+
+    def on_rebalance_start(self, app: faust.App) -> dict:
+        metrics.REBALANCES.inc()
+        self.started = time.monotonic()
+        return super().on_rebalance_start(app)
+
+    async def recovered(self, sender: Any = None, **kwargs: Any) -> None:   # app.on_rebalance_complete receiver
+        if self.started is not None:
+            metrics.RECOVERY.set(time.monotonic() - self.started)
 
 
 def create_app(settings: Settings, scorer=None) -> faust.App:
@@ -206,6 +262,7 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
         web_bind=settings.web_host,
         **({"web_host": settings.web_advertised_host} if settings.web_advertised_host else {}),
         web_enabled=True,
+        web_application_options={"middlewares": [json_errors]},
         table_cleanup_interval=60.0,
     )
     app.settings = settings
@@ -214,6 +271,11 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     items = app.topic(settings.topic(ITEMS), key_serializer="raw", value_serializer="raw")
     recommendations = app.topic(settings.topic(RECOMMENDATIONS), key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(settings.topic(DEAD_LETTER), key_serializer="raw", value_serializer="raw")
+    erasure = app.topic(settings.topic(ERASURE), key_serializer="raw", value_serializer="raw", partitions=n_partitions)
+    # One agent reads both: co-subscribed topics with equal partition counts are assigned together (Faust's
+    # co-partitioning), so a user's erase request reaches the worker holding their state, in the same batches.
+    interactions_and_erasure = app.topic(settings.topic(INTERACTIONS), settings.topic(ERASURE), key_serializer="raw",
+                                         value_serializer="raw", partitions=n_partitions)
 
     # bytes -> Faust's raw codec: keys are UTF-8 user ids, values JSON we encode once ourselves
     # (state.encode_state); Faust's JSON codec would encode every write twice (RocksDB and changelog), slower.
@@ -234,10 +296,15 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     catalog = app.GlobalTable("catalog", default=None, partitions=spec_for(settings, ITEMS).partitions,
                               on_changelog_event=on_catalog_change, help="item records from the items topic")
     scorer = scorer or build_scorer(settings)
-    pipeline = Pipeline(settings, scorer, FaustStateStore(user_state),
-                        KafkaSink(app, [interactions, recommendations, dead_letters], settings.processing_guarantee == "exactly_once"),
-                        catalog)
+    sink = KafkaSink(app, [interactions, recommendations, dead_letters, erasure],
+                     settings.processing_guarantee == "exactly_once")
+    pipeline = Pipeline(settings, scorer, FaustStateStore(user_state), sink, catalog)
     app.scorer, app.user_state, app.catalog, app.pipeline = scorer, user_state, catalog, pipeline
+    readiness = app.readiness = Readiness(settings.ready_broker_timeout_s)
+    rebalance_metrics = RebalanceMetrics()
+    app.sensors.add(rebalance_metrics)
+    app.on_rebalance_complete.connect(rebalance_metrics.recovered)
+    changelog = user_state.changelog_topic.get_topic_name()
 
     async def warm_scorer(partitions: set[int]) -> None:
         """After every recovery: teach the scorer the histories in the user_state partitions this worker has just
@@ -279,7 +346,7 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
         if close is not None:
             await close()
 
-    @app.agent(interactions, name="process_interactions")
+    @app.agent(interactions_and_erasure, name="process_interactions")
     async def process_interactions(stream):
         async for batch in stream.take_events(settings.take_batch, within=settings.take_within_s):
             try:
@@ -295,6 +362,11 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
             except Exception as exc:
                 fatal("an item record failed", exc)
 
+    if settings.log_repeat_interval_s > 0:
+        @app.timer(interval=settings.log_repeat_interval_s)
+        async def log_summaries() -> None:   # counts of held-back repeats, also when the flood has stopped
+            logs.flush_all()
+
     @app.page("/metrics")
     async def metrics_page(web, request):
         with contextlib.suppress(Exception):   # no consumer yet (starting): no lag to show
@@ -305,17 +377,50 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     async def health(web, request):
         return web.json({"status": "ok", "app_id": settings.app_id})
 
+    @app.timer(interval=max(0.5, min(3.0, settings.ready_broker_timeout_s / 4)))
+    async def probe_broker() -> None:
+        """Readiness: does the broker answer? Also keeps the lookup routing metadata (the changelog's) fetched."""
+        probe_timeout = max(0.5, settings.ready_broker_timeout_s / 2)
+        try:
+            await producer_metadata(app, changelog, probe_timeout)
+            answered = await asyncio.wait_for(app.producer._ensure_producer().client.force_metadata_update(),
+                                              probe_timeout)
+        except Exception as exc:   # the broker being away is what this measures, not a fault
+            readiness.broker_failed(f"{type(exc).__name__}: {exc}")
+            return
+        if answered:
+            readiness.broker_answered()
+        else:
+            readiness.broker_failed("metadata request failed on every known broker")
+
+    def ready_now() -> tuple[bool, dict]:
+        return readiness.check(recovered=app.tables.recovery.completed.is_set(), rebalancing=bool(app.rebalancing))
+
     @app.page("/ready")
     async def ready(web, request):
-        recovered = app.tables.recovery.completed.is_set()
-        ok = recovered and not app.rebalancing
-        return web.json({"ready": ok, "recovered": recovered, "rebalancing": bool(app.rebalancing)},
-                        status=200 if ok else 503)
+        ok, body = ready_now()
+        return web.json(body, status=200 if ok else 503)
 
-    @app.page("/recommendations/{user_id}")
     @app.table_route(table=user_state, match_info="user_id")
-    async def lookup(web, request, user_id):
+    async def lookup_here(web, request, user_id):   # Faust forwards to the owner, or calls this on the owner
         status, body = await pipeline.lookup(user_id)
         return web.json(body, status=status)
+
+    @app.page("/recommendations/{user_id}")
+    async def lookup(web, request, user_id):
+        if not app.tables.recovery.completed.is_set() or app.rebalancing:
+            _, body = ready_now()
+            return web.json({"error": "not ready: " + "; ".join(body.get("reasons", [])), "retry": True},
+                            status=503)
+        try:
+            await producer_metadata(app, changelog, 5.0)
+        except Exception as exc:   # the broker is away: which worker owns the user is unknown for now
+            return web.json({"error": f"cannot route the lookup: {type(exc).__name__}: {exc}", "retry": True},
+                            status=503)
+        try:
+            return await lookup_here(web, request, user_id=user_id)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:   # forwarding: the owner is away
+            return web.json({"error": f"the worker that owns this user did not answer: {type(exc).__name__}",
+                             "retry": True}, status=503)
 
     return app

@@ -5,6 +5,8 @@ an event lives here, so a unit test can drive it with fake events, a dict for a 
 
 What goes where:
   * bad input (an event or item record that does not parse) -> the dead-letter topic, with the reason;
+  * an erase request (``user-erasure``, read by the same agent in the same batches) -> the user's state deleted:
+    RocksDB and a tombstone in the changelog; their later events start a new state;
   * a fault of the worker itself (its store, its state, its scorer without a fallback) -> an exception out of
     ``handle_batch``: the agent then stops the worker before Faust commits the batch (``app.fatal``), and Kafka
     redelivers it; the dedupe ring keeps redelivered events from being applied twice.
@@ -26,8 +28,9 @@ from streamrec.scoring import CooccurrenceScorer, Exclusion, ScoreRequest, Score
 from streamrec.stream import messages
 from streamrec.stream.catalog import validate_item
 from streamrec.stream.prequential import Prequential
-from streamrec.stream.state import apply_event, decode_state, encode_state, history_items, seen_items
-from streamrec.stream.topics import DEAD_LETTER, INTERACTIONS, RECOMMENDATIONS
+from streamrec.stream.erasure import parse_erase_request
+from streamrec.stream.state import apply_event, decode_state, encode_state, history_items, new_state, seen_items
+from streamrec.stream.topics import DEAD_LETTER, ERASURE, INTERACTIONS, RECOMMENDATIONS
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,9 @@ class StateStore(Protocol):
 
     def put(self, key: bytes, value: bytes, event: Event) -> None: ...
 
+    def delete(self, key: bytes, event: Event) -> None:
+        """Remove ``key`` and write a tombstone to the changelog, also when the key is already gone."""
+
 
 class Pipeline:
     def __init__(self, settings: Settings, scorer: Any, store: StateStore, sink: Sink,
@@ -74,7 +80,7 @@ class Pipeline:
         # request, and safe to read from a scorer thread while the catalog agent changes ``unavailable``.
         self._unavailable_frozen: frozenset[str] | None = frozenset()
         self._catalog_size: int | None = None   # items in the catalog table, counted once, then kept up to date
-        self.topics = {name: settings.topic(name) for name in (INTERACTIONS, RECOMMENDATIONS, DEAD_LETTER)}
+        self.topics = {name: settings.topic(name) for name in (INTERACTIONS, RECOMMENDATIONS, DEAD_LETTER, ERASURE)}
         self.warmed: set[int] = set()        # user_state partitions whose histories the scorer has been taught
         self._taught: dict[int, dict[bytes, int]] = {}   # revoked partition -> user key -> events taught then
         self._applied = metrics.EVENTS.labels("applied")
@@ -92,9 +98,12 @@ class Pipeline:
         metrics.AGENT_BATCH.observe(len(batch))
         applied: list[tuple[Any, Event, bool]] = []
         # Newest state of each user touched by this batch, and the event to write it under: the table (RocksDB
-        # + changelog) is written once per user per batch, not once per event.
-        dirty: dict[str, tuple[Event, dict]] = {}
+        # + changelog) is written once per user per batch, not once per event. None: erased.
+        dirty: dict[str, tuple[Event, dict | None]] = {}
         for event in batch:
+            if event.message.topic == self.topics[ERASURE]:
+                await self.erase(event, dirty)
+                continue
             try:
                 interaction = parse_event(event.message.value, settings.max_event_bytes)
             except InvalidEvent as exc:
@@ -126,11 +135,15 @@ class Pipeline:
                 self._duplicate.inc()
             applied.append((interaction, event, not is_new))
         for user, (event, state) in dirty.items():
-            self.store.put(event.message.key, encode_state(state), event)
+            if state is None:
+                self.store.delete(event.message.key, event)
+            else:
+                self.store.put(event.message.key, encode_state(state), event)
         if not applied:
             return
         # Coalesce: one request per user, from their newest state; every event of theirs gets the answer.
-        latest = {i.user_id: dirty[i.user_id][1] for i, _, _ in applied}
+        # (a user erased later in the same batch is answered as a new user: nothing of theirs is kept)
+        latest = {i.user_id: dirty[i.user_id][1] or new_state() for i, _, _ in applied}
         users = list(latest)
         answers = dict(zip(users, await self.score([self.request(u, latest[u]) for u in users])))
         for user, answer in answers.items():
@@ -161,6 +174,28 @@ class Pipeline:
             metrics.PREQ_NDCG.inc(gain)
             metrics.PREQ_RR.inc(rr)
             metrics.PREQ_FALLBACK.inc(int(self.prequential.last[user_id][1]))
+
+    async def erase(self, event: Event, dirty: dict[str, tuple[Event, dict | None]]) -> None:
+        """An erase request: the user's state is deleted at the end of the batch; later events start afresh.
+
+        Repeating it is harmless (at-least-once): the tombstone is written again, also when the key is already
+        gone locally -- after a hard crash RocksDB may have lost the key while its tombstone never left the
+        producer. The online scorer keeps no per-user data (its counts are item-item aggregates, rebuilt from the
+        remaining table after a restart), so there is nothing of the user's to forget there.
+        """
+        try:
+            request = parse_erase_request(event.message.value)
+        except InvalidEvent as exc:
+            await self.dead_letter(event, exc.kind, exc.reason)
+            return
+        user = request["user_id"]
+        if event.message.key != user.encode():   # the state lives on the partition of the user's key
+            await self.sink.send(self.topics[ERASURE], user.encode(), event.message.value)
+            return
+        dirty[user] = (event, None)
+        self.prequential.forget(user)
+        metrics.ERASURES.inc()
+        log.info("erase request %s carried out", request["request_id"])   # the request id, not the user id
 
     def request(self, user_id: str, state: dict) -> ScoreRequest:
         frozen = self._unavailable_frozen
@@ -213,6 +248,7 @@ class Pipeline:
             reason=reason, error=error, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
             key=msg.key, value=msg.value, max_value_bytes=self.settings.max_event_bytes)))
         metrics.EVENTS.labels("dead_letter").inc()
+        metrics.DEAD_LETTERS.labels(error).inc()
         log.warning("dead-lettered %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
 
     # -- lookups (HTTP) --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ INTERACTIONS = "interactions"
 ITEMS = "items"
 RECOMMENDATIONS = "recommendations"
 DEAD_LETTER = "interactions-dlq"
+ERASURE = "user-erasure"
 
 
 @dataclass(frozen=True)

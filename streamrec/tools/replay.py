@@ -1,4 +1,5 @@
-"""Producer-side tools (kafka-python): replay a data file into ``interactions``, load a catalog into ``items``."""
+"""Producer-side tools (kafka-python): replay a data file into ``interactions``, load a catalog into ``items``,
+request user erasures on ``user-erasure``."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Iterable
 from tqdm import tqdm
 
 from streamrec.stream.catalog import item_record
+from streamrec.stream.erasure import erase_request
 from streamrec.config import Settings
 from streamrec.events import Interaction
 from streamrec.stream.messages import encode
-from streamrec.stream.topics import INTERACTIONS, ITEMS
+from streamrec.stream.topics import ERASURE, INTERACTIONS, ITEMS
 
 
 def producer(settings: Settings, **kw):
@@ -71,3 +73,19 @@ def load_catalog(settings: Settings, titles: dict[str, str], *, progress: bool =
     if failures:
         raise RuntimeError(f"{len(failures)} item records were not acknowledged: {failures[0]!r}")
     return len(titles)
+
+
+def request_erasure(settings: Settings, users: list[str], request_id: str | None = None, *, prod=None) -> list[dict]:
+    """Produce one erase request per user, keyed by the user id; returns the requests once the broker has them."""
+    own = prod is None
+    prod = prod or producer(settings, linger_ms=0)
+    requests = [erase_request(u, f"{request_id}-{u}" if request_id and len(users) > 1 else request_id) for u in users]
+    try:
+        futures = [prod.send(settings.topic(ERASURE), key=r["user_id"].encode(), value=encode(r)) for r in requests]
+        prod.flush()
+        for f in futures:
+            f.get(timeout=30)   # raises when the broker did not take it: an erasure is never dropped silently
+    finally:
+        if own:
+            prod.close()
+    return requests

@@ -250,6 +250,72 @@ def stack(bootstrap, tmp_path):
     s.close()
 
 
+@dataclass
+class PrivateBroker:
+    """A broker of one test's own (``deploy/kafka/kafka.sh``), for tests that stop and start it."""
+
+    port: int
+    run_dir: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _sh(self, *args: str, timeout: float = 150) -> None:
+        env = {**os.environ, "STREAMREC_KAFKA_PORT": str(self.port), "STREAMREC_KAFKA_RUN_DIR": str(self.run_dir),
+               "STREAMREC_PYTHON": sys.executable, "STREAMREC_KAFKA_HEAP_OPTS": "-Xms128m -Xmx384m"}
+        r = subprocess.run(["bash", str(REPO_ROOT / "deploy" / "kafka" / "kafka.sh"), *args], env=env,
+                           capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, f"kafka.sh {' '.join(args)}: {r.stdout}{r.stderr}"
+
+    def start(self) -> None:
+        self._sh("start")
+        self._sh("wait", "120")
+
+    def stop(self) -> None:
+        self._sh("stop")
+
+
+def _private_broker_port() -> int:
+    """A port pair (broker, controller) below the ephemeral range.
+
+    While the broker is down, clients keep reconnecting from ephemeral ports; when one of them draws the broker's
+    own port number, Linux connects the socket to itself and the restarted broker cannot bind ("Address already
+    in use"). Ports below the range are never drawn. Derived from the suite's broker port when scripts/test.sh
+    set one, so concurrent checkouts on one machine (each with its own test port) pick different ones.
+    """
+    if os.environ.get("STREAMREC_KAFKA_PORT"):
+        return 20000 + (int(os.environ["STREAMREC_KAFKA_PORT"]) + 2) % 10000
+    import random
+    while True:
+        port = random.randrange(20000, 30000, 2)
+        try:
+            for p in (port, port + 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+
+
+@pytest.fixture
+def private_broker(bootstrap, tmp_path):
+    """Only where the suite has a broker (the same switch as every integration test), and where a local one can
+    be started: Java and the broker jars (``kafka.sh fetch``, which scripts/test.sh runs). The compose ``tests``
+    container has neither; its broker is another container that a test cannot stop."""
+    import glob
+    import shutil
+    java = os.environ.get("STREAMREC_KAFKA_JAVA") or (os.path.join(os.environ["JAVA_HOME"], "bin", "java")
+                                                       if os.environ.get("JAVA_HOME") else "java")
+    jars = glob.glob(str(REPO_ROOT / "deploy" / "kafka" / ".cache" / "libs-*" / "kafka_*.jar"))
+    if not shutil.which(java) or not jars:
+        pytest.skip("needs a local broker it can stop and start: Java and the jars of deploy/kafka/kafka.sh fetch")
+    broker = PrivateBroker(_private_broker_port(), tmp_path / "kafka")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
 def event(user: str, item: str, ts: float, n: int | str | None = None, kind: str = "view") -> Interaction:
     return Interaction(event_id=f"{user}-{item}-{n if n is not None else int(ts)}", user_id=user, item_id=item,
                        event_type=kind, timestamp=ts, value=4.0 if kind == "rating" else None)

@@ -48,6 +48,7 @@ class DictStore:
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
         self.gets = self.puts = 0
+        self.tombstones: list[bytes] = []
 
     def get(self, key, event=None):
         self.gets += 1
@@ -56,6 +57,10 @@ class DictStore:
     def put(self, key, value, event):
         self.puts += 1
         self.data[key] = value
+
+    def delete(self, key, event):
+        self.tombstones.append(key)   # what Faust writes to the changelog, present key or not
+        self.data.pop(key, None)
 
 
 class ListSink:
@@ -400,3 +405,41 @@ def test_consumer_lag_per_assigned_partition_of_the_interactions_topic():
     text = metrics.render().decode()
     assert 'streamrec_consumer_lag{partition="1",topic="interactions"} 7.0' in text
     assert 'partition="0"' not in text.split("streamrec_consumer_lag", 1)[1]
+
+
+def erase(user: str, key: str | None = None, request_id: str = "req-1") -> Ev:
+    body = {"schema_version": 1, "request_id": request_id, "user_id": user, "requested_at": 1.0}
+    return raw(orjson.dumps(body), key=(key if key is not None else user).encode(), topic="user-erasure")
+
+
+def test_erasure_deletes_the_users_state_and_later_events_start_afresh():
+    p, store, sink = make()
+    run(p.handle_batch([ev("u1", "a", 1), ev("u2", "b", 2), ev("u1", "c", 3)]))
+    assert run(p.lookup("u1"))[0] == 200
+    run(p.handle_batch([ev("u1", "d", 4), erase("u1"), ev("u2", "e", 5)]))
+    assert b"u1" not in store.data and store.tombstones == [b"u1"]
+    assert run(p.lookup("u1"))[0] == 404
+    assert decode_state(store.data[b"u2"])["total"] == 2            # nobody else touched
+    # The same request again (at-least-once redelivery): still gone, the tombstone written again.
+    run(p.handle_batch([erase("u1")]))
+    assert store.tombstones == [b"u1", b"u1"] and run(p.lookup("u1"))[0] == 404
+    # Acting again starts a new state, also within the batch of the erasure: nothing from before comes back.
+    run(p.handle_batch([ev("u2", "f", 6), erase("u2"), ev("u2", "g", 7)]))
+    u2 = decode_state(store.data[b"u2"])
+    assert u2["total"] == 1 and [h[0] for h in u2["history"]] == ["g"]
+    assert not sink.on("interactions-dlq")
+
+
+def test_bad_erase_requests_are_dead_lettered_and_mis_keyed_ones_re_keyed():
+    p, store, sink = make()
+    run(p.handle_batch([ev("u1", "a", 1)]))
+    bad = [raw(b"{nope", key=b"u1", topic="user-erasure"),
+           raw(orjson.dumps({"schema_version": 1, "user_id": "u1"}), key=b"u1", topic="user-erasure"),
+           raw(None, key=b"u1", topic="user-erasure")]
+    run(p.handle_batch(bad + [erase("u1", key="elsewhere")]))
+    dead = [m for _, m in sink.on("interactions-dlq")]
+    assert [m["error"] for m in dead] == ["not_json", "schema", "schema"]
+    assert all(m["source_topic"] == "user-erasure" for m in dead)
+    assert b"u1" in store.data and not store.tombstones                # nothing erased by a bad or stray request
+    [(key, body)] = sink.on("user-erasure")
+    assert key == b"u1" and body["user_id"] == "u1"

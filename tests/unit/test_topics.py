@@ -45,6 +45,14 @@ def test_recommendations_are_partitioned_like_interactions():
     assert specs["recommendations"].partitions == specs["interactions"].partitions
 
 
+def test_erase_requests_are_co_partitioned_with_interactions():
+    # One agent reads both: Faust assigns co-subscribed topics of equal partition counts together, which is what
+    # brings a user's erase request to the worker holding their state.
+    specs = by_name(Settings())
+    assert specs["user-erasure"].partitions == specs["interactions"].partitions
+    assert specs["user-erasure"].schema == "erasure.schema.json"
+
+
 def test_cleanup_policies():
     specs = by_name(Settings())
     assert specs["items"].config["cleanup.policy"] == "compact"
