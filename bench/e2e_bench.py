@@ -15,7 +15,7 @@ MovieLens ratings (``../shared/data/ml-latest-small/ratings.csv``, in timestamp 
      * ``worker-none`` the streamrec worker with ``STREAMREC_SCORER=none`` (everything but the scorer);
      * ``before-cooc`` with ``--baseline DIR``: another checkout's worker (e.g. main before a change), on its own
                    copy of the same events (its own topic prefix; it may lack ``scorer=none``);
-     * ``worker-cooc`` the streamrec worker with the co-occurrence scorer;
+     * ``worker-cooc`` the streamrec worker with the co-occurrence scorer; ``worker-lm`` with the item LM (ONNX int8);
      * ``worker2-cooc`` the same as two processes (``--processes 2``), not run unless asked for.
    Each rate comes from the broker timestamps of the first and last message the contender wrote (start-up and
    group joins excluded), so every rate is comparable with every other; the table prints the ratios.
@@ -63,8 +63,9 @@ from streamrec.stream import topics                                      # noqa:
 PEERS_VENV = BENCH / ".venv-peers"
 PEERS_PACKAGES = ["quixstreams==3.28.1", "py-spy==0.4.3"]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-latest-small" / "ratings.csv"
-CONTENDERS = ("bare", "faust-min", "quix", "worker-none", "before-cooc", "worker-cooc", "worker2-cooc")
-LATENCY = ("before-cooc", "worker-cooc")   # kept running after their drain for the open-loop loads
+CONTENDERS = ("bare", "faust-min", "quix", "worker-none", "before-cooc", "worker-cooc", "worker-lm", "worker2-cooc")
+# kept running after their drain for the open-loop loads
+LATENCY = ("before-cooc", "worker-cooc", "worker-lm")
 
 
 # --- environment ------------------------------------------------------------------------------------------------
@@ -317,7 +318,9 @@ def main() -> int:
     ap.add_argument("--bootstrap", default=os.environ.get("STREAMREC_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--events", type=int, default=30_000, help="events each contender drains")
-    ap.add_argument("--contenders", default=",".join(CONTENDERS), help="default: all but worker2-cooc")
+    ap.add_argument("--contenders", default=",".join(CONTENDERS),
+                    help="default: all but worker2-cooc and worker-lm (the item LM scorer, ONNX int8 on CPU: needs "
+                         "--worker-env STREAMREC_MODEL_DIR=...)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="drain rounds: the contenders take turns R times (load on a shared box drifts within "
                          "minutes; turns spread it over all of them); rates are the medians")
@@ -338,6 +341,9 @@ def main() -> int:
     contenders = [c for c in args.contenders.split(",") if c and (c != "before-cooc" or args.baseline)]
     if args.contenders == ",".join(CONTENDERS):
         contenders.remove("worker2-cooc")
+        contenders.remove("worker-lm")
+    if "worker-lm" in contenders and not any(kv.startswith("STREAMREC_MODEL_DIR=") for kv in args.worker_env):
+        raise SystemExit("worker-lm needs --worker-env STREAMREC_MODEL_DIR=<a streamrec train output>")
     unknown = set(contenders) - set(CONTENDERS)
     if unknown:
         raise SystemExit(f"unknown contenders {sorted(unknown)}; choose from {CONTENDERS}")
