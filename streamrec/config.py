@@ -62,6 +62,10 @@ class Settings:
     top_k: int = field(default=10, metadata={"help": "items per recommendation"})
     explain: bool = field(default=True, metadata={
         "help": "each recommended item carries the history item behind it (and its title when known)"})
+    user_retention_days: float = field(default=0.0, metadata={
+        "help": "erase the state of users whose last event is older than this (0 = keep every user forever); "
+                "swept every retention_sweep_s through the user-erasure topic, with a changelog tombstone"})
+    retention_sweep_s: float = field(default=3600.0, metadata={"help": "how often the retention sweep runs"})
     recommend_seen: bool = field(default=False, metadata={
         "help": "may recommend items the user already interacted with (repeat consumption: food, music, news)"})
     scorer: str = field(default="auto", metadata={

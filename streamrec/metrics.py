@@ -37,6 +37,8 @@ EVENT_LATENCY = Histogram(
 CONSUMER_LAG = Gauge("streamrec_consumer_lag",
                      "Records of an assigned interactions partition after this worker's committed offset "
                      "(set when /metrics is read)", ["topic", "partition"], registry=REGISTRY)
+EXPIRED_USERS = Counter("streamrec_expired_users_total", "Users erased by the retention of inactive users "
+                        "(user_retention_days)", registry=REGISTRY)
 ERASURES = Counter("streamrec_erasures_total", "User erasure requests carried out (repeats included)",
                    registry=REGISTRY)
 REBALANCES = Counter("streamrec_rebalances_total", "Consumer group rebalances this worker took part in",

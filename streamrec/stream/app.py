@@ -30,8 +30,10 @@ from streamrec import metrics
 from streamrec.config import Settings
 from streamrec.serve.build import build_scorer
 from streamrec.stream import logs
+from streamrec.stream.erasure import erase_request, expired_users
 from streamrec.stream.pipeline import Pipeline
 from streamrec.stream.readiness import Readiness
+from streamrec.stream.state import StateError, decode_state
 from streamrec.stream.topics import DEAD_LETTER, ERASURE, INTERACTIONS, ITEMS, RECOMMENDATIONS, spec_for
 
 log = logging.getLogger(__name__)
@@ -175,6 +177,15 @@ def partition_items(table: faust.Table, partition: int) -> Iterable[tuple[bytes,
     """
     store = table.data
     return store._visible_items(store._db_for_partition(partition))
+
+
+def _readable(raw: bytes | None) -> dict | None:
+    """A stored state for the retention sweep; an unreadable one is skipped here (the agent stops on it, with the
+    reason, when that user's next event arrives)."""
+    try:
+        return decode_state(raw)
+    except StateError:
+        return None
 
 
 def consumer_lags(consumer: Any, topic: str) -> dict[tuple[str, int], int]:
@@ -361,6 +372,26 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
                 await pipeline.handle_item(event)
             except Exception as exc:
                 fatal("an item record failed", exc)
+
+    if settings.user_retention_days > 0:
+        @app.timer(interval=settings.retention_sweep_s)
+        async def retention_sweep() -> None:
+            """Retention of inactive users: an erase request for each user of this worker's partitions whose last
+            event is older than ``user_retention_days``. The request carries the cut-off, so the agent erases only
+            if the user has not acted since (requests and events of a user meet in order on its partition)."""
+            if not app.tables.recovery.completed.is_set() or app.rebalancing:
+                return
+            sent = 0
+            for partition in sorted(pipeline.warmed):
+                states = [(key, _readable(raw)) for key, raw in partition_items(user_state, partition)]
+                for user, cutoff in expired_users(states, time.time(), settings.user_retention_days * 86400):
+                    request = erase_request(user, f"retention-{int(cutoff)}", inactive_before=cutoff)
+                    await erasure.send(key=user.encode(), value=orjson.dumps(request))
+                    sent += 1
+                await asyncio.sleep(0)   # let the agents run between partitions
+            if sent:
+                log.info("retention: %d inactive users to erase (last event before %d days ago)", sent,
+                         settings.user_retention_days)
 
     if settings.log_repeat_interval_s > 0:
         @app.timer(interval=settings.log_repeat_interval_s)

@@ -5,19 +5,35 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import orjson
 
 from streamrec.events import MAX_ID_LEN, InvalidEvent
 
 SCHEMA_VERSION = 1
-_ALLOWED = frozenset({"schema_version", "request_id", "user_id", "requested_at"})
+_ALLOWED = frozenset({"schema_version", "request_id", "user_id", "requested_at", "inactive_before"})
 
 
-def erase_request(user_id: str, request_id: str | None = None) -> dict[str, Any]:
-    return {"schema_version": SCHEMA_VERSION, "request_id": request_id or uuid.uuid4().hex, "user_id": user_id,
-            "requested_at": time.time()}
+def erase_request(user_id: str, request_id: str | None = None, inactive_before: float | None = None
+                  ) -> dict[str, Any]:
+    """``inactive_before``: erase only if the user's last event is older than this (retention of inactive users:
+    a user who acted after the request was made keeps their state)."""
+    request = {"schema_version": SCHEMA_VERSION, "request_id": request_id or uuid.uuid4().hex, "user_id": user_id,
+               "requested_at": time.time()}
+    if inactive_before is not None:
+        request["inactive_before"] = inactive_before
+    return request
+
+
+def expired_users(states: Iterable[tuple[bytes, dict | None]], now: float, retention_s: float
+                  ) -> Iterator[tuple[str, float]]:
+    """(user id, cut-off) for each stored state whose last event is older than ``retention_s`` before ``now``."""
+    cutoff = now - retention_s
+    for key, state in states:
+        last = None if state is None else state.get("last_seen")
+        if last is not None and last < cutoff:
+            yield key.decode(), cutoff
 
 
 def parse_erase_request(raw: bytes | None) -> dict[str, Any]:
@@ -41,7 +57,8 @@ def parse_erase_request(raw: bytes | None) -> dict[str, Any]:
         v = record.get(name)
         if not isinstance(v, str) or not 1 <= len(v) <= MAX_ID_LEN:
             raise InvalidEvent("schema", f"field '{name}': expected a string of 1..{MAX_ID_LEN} characters")
-    t = record.get("requested_at", 0)
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < float("inf"):
-        raise InvalidEvent("schema", "field 'requested_at': expected a finite number >= 0")
+    for name in ("requested_at", "inactive_before"):
+        t = record.get(name, 0)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < float("inf"):
+            raise InvalidEvent("schema", f"field '{name}': expected a finite number >= 0")
     return record

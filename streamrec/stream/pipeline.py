@@ -192,6 +192,13 @@ class Pipeline:
         if event.message.key != user.encode():   # the state lives on the partition of the user's key
             await self.sink.send(self.topics[ERASURE], user.encode(), event.message.value)
             return
+        cutoff = request.get("inactive_before")
+        if cutoff is not None:   # retention: only if the user has not acted since the sweep looked
+            current = dirty[user][1] if user in dirty else decode_state(self.store.get(event.message.key, event))
+            if current is not None and (current.get("last_seen") or 0) >= cutoff:
+                log.info("erase request %s skipped: the user acted after its cut-off", request["request_id"])
+                return
+            metrics.EXPIRED_USERS.inc()
         dirty[user] = (event, None)
         self.prequential.forget(user)
         metrics.ERASURES.inc()

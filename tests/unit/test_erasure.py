@@ -37,3 +37,38 @@ def test_bad_requests_are_refused_with_a_kind(value, kind):
     except orjson.JSONDecodeError:
         return
     assert not SCHEMA.is_valid(doc)   # the schema agrees
+
+
+# --- retention of inactive users ----------------------------------------------------------------------------------
+def raw_erase(request: dict, user: str):
+    from .test_pipeline import raw
+    return raw(orjson.dumps(request), key=user.encode(), topic="user-erasure")
+
+
+def test_expired_users_are_those_whose_last_event_is_older_than_the_retention():
+    from streamrec.stream.erasure import expired_users
+    states = [(b"old", {"last_seen": 100.0}), (b"new", {"last_seen": 950.0}), (b"gone", None),
+              (b"edge", {"last_seen": 900.0})]
+    assert list(expired_users(states, now=1000.0, retention_s=100.0)) == [("old", 900.0)]
+
+
+def test_a_retention_erase_spares_a_user_who_acted_after_the_cut_off():
+    from streamrec.stream.state import decode_state
+
+    from .test_pipeline import ev, make, run
+    p, store, sink = make()
+    run(p.handle_batch([ev("quiet", "a", 10.0), ev("busy", "b", 10.0)]))
+    run(p.handle_batch([ev("busy", "c", 500.0)]))          # acted after the sweep looked (cut-off 100)
+    requests = [raw_erase(erase_request(u, f"retention-{u}", inactive_before=100.0), u) for u in ("quiet", "busy")]
+    run(p.handle_batch(requests))
+    assert b"quiet" not in store.data and store.tombstones == [b"quiet"]
+    assert decode_state(store.data[b"busy"])["total"] == 2
+    assert not sink.on("interactions-dlq")
+
+
+def test_a_retention_request_passes_both_checks():
+    request = erase_request("u", "retention-1", inactive_before=1.5)
+    validator("erasure.schema.json").validate(request)
+    assert parse_erase_request(orjson.dumps(request))["inactive_before"] == 1.5
+    with pytest.raises(InvalidEvent):
+        parse_erase_request(orjson.dumps({**request, "inactive_before": "yesterday"}))
