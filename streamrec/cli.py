@@ -36,9 +36,14 @@ def cmd_topics(args) -> int:
         for s in topics.load_specs(settings):
             print(f"{s.name:<40} partitions={s.partitions:<3} {' '.join(f'{k}={v}' for k, v in s.config.items())}")
         return 0
+    from kafka.errors import ClusterAuthorizationFailedError, TopicAuthorizationFailedError
     from streamrec.stream import access
     access.check(settings, "topics")
-    report = topics.apply(settings, create=args.action == "apply")
+    try:
+        report = topics.apply(settings, create=args.action == "apply")
+    except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
+        raise access.AccessError(f"{access.who(settings)} is not allowed to describe or create the declared topics "
+                                 f"({type(exc).__name__}). Grant: streamrec acls apply --role topics") from None
     for name in report.created:
         print(f"created  {name}")
     for name in report.ok:

@@ -45,7 +45,7 @@ def check(settings: Settings, role: str, topic: str | None = None, timeout_s: fl
         _check_acls(settings, role, topic, timeout_s)
 
 
-def _who(settings: Settings) -> str:
+def who(settings: Settings) -> str:
     if settings.kafka_security_protocol.upper().startswith("SASL"):
         return f"user {settings.kafka_sasl_username!r} ({settings.kafka_sasl_mechanism or 'PLAIN'})"
     return "this client"
@@ -81,7 +81,7 @@ async def _connect(settings: Settings, timeout_s: float) -> None:
             raise AccessError(f"TLS handshake with {where} failed ({exc.reason or exc}): is this a TLS listener, "
                               f"and is STREAMREC_KAFKA_SECURITY_PROTOCOL right?") from None
         except (aerrors.SaslAuthenticationFailed, aerrors.AuthenticationFailedError) as exc:
-            raise AccessError(f"Kafka at {where} refused the credentials of {_who(settings)}: wrong password or "
+            raise AccessError(f"Kafka at {where} refused the credentials of {who(settings)}: wrong password or "
                               f"unknown user ({_first_line(exc)})") from None
         except aerrors.UnsupportedSaslMechanismError as exc:
             raise AccessError(f"Kafka at {where} does not offer SASL mechanism "
@@ -124,7 +124,7 @@ def _check_acls(settings: Settings, role: str, only: str | None, timeout_s: floa
             code = t.get("error_code", 0)
             if code == 29:   # TOPIC_AUTHORIZATION_FAILED: not even Describe
                 g = next(iter(ops.values()))
-                raise AccessError(f"{_who(settings)} may not use topic {name!r}: Kafka's ACLs allow it nothing "
+                raise AccessError(f"{who(settings)} may not use topic {name!r}: Kafka's ACLs allow it nothing "
                                   f"there; it needs {_ops(ops)} ({g.why}). Grant: streamrec acls apply --role {role}")
             if code == 3:    # UNKNOWN_TOPIC_OR_PARTITION
                 raise AccessError(f"topic {name!r} does not exist: run `streamrec topics apply` first")
@@ -133,7 +133,7 @@ def _check_acls(settings: Settings, role: str, only: str | None, timeout_s: floa
                 continue
             missing = {op: g for op, g in ops.items() if op.upper() not in allowed}
             if missing:
-                raise AccessError(f"{_who(settings)} lacks {_ops(missing)} on topic {name!r} "
+                raise AccessError(f"{who(settings)} lacks {_ops(missing)} on topic {name!r} "
                                   f"({'; '.join(g.why for g in missing.values())}); it has "
                                   f"{', '.join(sorted(allowed)) or 'nothing'}. "
                                   f"Grant: streamrec acls apply --role {role}")
@@ -146,7 +146,7 @@ def _check_acls(settings: Settings, role: str, only: str | None, timeout_s: floa
                 continue
             allowed = info.get("authorized_operations")
             if allowed is not None and g.operation.upper() not in allowed:
-                raise AccessError(f"{_who(settings)} lacks {g.operation.upper()} on consumer group {g.name!r} "
+                raise AccessError(f"{who(settings)} lacks {g.operation.upper()} on consumer group {g.name!r} "
                                   f"({g.why}). Grant: streamrec acls apply --role {role}")
     finally:
         admin.close()

@@ -177,7 +177,7 @@ class Stack:
 
     def produce(self, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
         from kafka import KafkaProducer
-        p = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        p = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", **self.settings.kafka_python_security())
         try:
             for key, value in records:
                 p.send(topic, key=key, value=value)
@@ -193,7 +193,8 @@ class Stack:
         """Read ``topic`` from the beginning until ``until(records)`` holds; fail with what was read otherwise."""
         from kafka import KafkaConsumer
         c = KafkaConsumer(topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
-                          enable_auto_commit=False, group_id=None, consumer_timeout_ms=500)
+                          enable_auto_commit=False, group_id=None, consumer_timeout_ms=500,
+                          **self.settings.kafka_python_security())
         got: list = []
         deadline = time.monotonic() + timeout
         try:
