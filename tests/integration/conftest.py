@@ -189,11 +189,13 @@ class Stack:
         self.produce(self.topic("interactions"), [(e.user_id.encode(), e.to_bytes()) for e in events])
 
     def consume(self, topic: str, until: Callable[[list], bool], timeout: float = 60.0,
-                raw: bool = False) -> list:
-        """Read ``topic`` from the beginning until ``until(records)`` holds; fail with what was read otherwise."""
+                raw: bool = False, read_committed: bool = False) -> list:
+        """Read ``topic`` from the beginning until ``until(records)`` holds; fail with what was read otherwise.
+        ``read_committed``: skip records of aborted transactions, as a consumer of an exactly_once worker should."""
         from kafka import KafkaConsumer
         c = KafkaConsumer(topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
                           enable_auto_commit=False, group_id=None, consumer_timeout_ms=500,
+                          isolation_level="read_committed" if read_committed else "read_uncommitted",
                           **self.settings.kafka_python_security())
         got: list = []
         deadline = time.monotonic() + timeout
@@ -225,7 +227,8 @@ class Stack:
         records = self.consume(topic, lambda rs: (s := latest(rs)) is not None and until(s), timeout, raw=True)
         return latest(records)
 
-    def changelog_states(self, until: Callable[[dict], bool], timeout: float = 60.0) -> dict[str, dict]:
+    def changelog_states(self, until: Callable[[dict], bool], timeout: float = 60.0,
+                         read_committed: bool = False) -> dict[str, dict]:
         """Every user's latest state in the user_state changelog, once ``until(states)`` holds."""
         topic = f"{self.settings.app_id}-user_state-changelog"
 
@@ -236,7 +239,8 @@ class Stack:
                     out[r.key.decode()] = json.loads(r.value)
             return out
 
-        return latest(self.consume(topic, lambda rs: until(latest(rs)), timeout, raw=True))
+        return latest(self.consume(topic, lambda rs: until(latest(rs)), timeout, raw=True,
+                                   read_committed=read_committed))
 
     def close(self) -> None:
         for w in self.workers:

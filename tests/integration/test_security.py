@@ -79,10 +79,12 @@ def broker(tmp_path_factory) -> SecureBroker:
             pytest.skip(f"the secured broker needs {tool}")
     port = int(os.environ.get("STREAMREC_TEST_SECURE_KAFKA_PORT")
                or int(os.environ.get("STREAMREC_KAFKA_PORT") or 19092) + 100)
-    run_dir = tmp_path_factory.mktemp("secure-kafka")
+    # Under the checkout, not pytest's tmp: other pytest sessions of the same user prune old tmp dirs.
+    run_dir = REPO_ROOT / "var" / "test-kafka-secure"
     env = {**os.environ, "STREAMREC_KAFKA_PORT": str(port), "STREAMREC_KAFKA_RUN_DIR": str(run_dir),
            "STREAMREC_KAFKA_SECURITY": "sasl_ssl", "STREAMREC_KAFKA_USERS": " ".join(USERS),
            "STREAMREC_PYTHON": sys.executable}
+    _kafka_sh(env, "reset")
     _kafka_sh(env, "start")
     try:
         _kafka_sh(env, "wait", "90")
