@@ -74,7 +74,7 @@ def _kafka_sh(env: dict[str, str], *args: str) -> None:
 def broker(tmp_path_factory) -> SecureBroker:
     if not os.environ.get("STREAMREC_KAFKA_BOOTSTRAP"):
         pytest.skip("integration tests run under scripts/test.sh (STREAMREC_KAFKA_BOOTSTRAP is not set)")
-    for tool in ("java", "openssl", "mvn"):
+    for tool in ("java", "openssl"):
         if not shutil.which(tool):
             pytest.skip(f"the secured broker needs {tool}")
     port = int(os.environ.get("STREAMREC_TEST_SECURE_KAFKA_PORT")
@@ -258,3 +258,20 @@ def test_client_without_credentials_cannot_read_recommendations(broker, secure_s
            "STREAMREC_KAFKA_SASL_PASSWORD_FILE": ""}
     rc, out, took = cli(["tail", "--timeout", "5"], env)
     assert rc == 69 and took < 20 and "cannot reach Kafka" in out, out
+
+
+def test_exactly_once_worker_needs_no_more_than_its_grants(broker, secure_stack):
+    """Transactions (InitProducerId, AddPartitionsToTxn, TxnOffsetCommit) with only the worker role's grants:
+    Write on its transactional-id prefix and Read on its group, no cluster ACL."""
+    s = secure_stack
+    report = topics.apply(admin_settings(broker, topic_prefix=s.settings.topic_prefix, app_id=s.settings.app_id))
+    assert not report.drift
+    s.worker(**broker.env("streamrec"), STREAMREC_PROCESSING_GUARANTEE="exactly_once")
+    evs = [event(f"x{u}", item, T0 + 10 * u + i) for u in range(4) for i, item in enumerate("abcde")]
+    s.produce_events(evs)
+    recs = s.consume(s.topic("recommendations"), lambda rs: len(rs) >= len(evs), read_committed=True)
+    assert {m["trigger_event_id"] for _, m in recs} == {e.event_id for e in evs}
+    as_admin = Stack(broker.bootstrap, s.tmp, name=s.name, extra_env={**s.extra_env, **broker.env("admin")})
+    states = as_admin.changelog_states(lambda st: len(st) == 4 and all(x["total"] == 5 for x in st.values()),
+                                       read_committed=True)
+    assert all(x["total"] == 5 for x in states.values())
