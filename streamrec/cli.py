@@ -72,9 +72,9 @@ def cmd_acls(args) -> int:
 
 def cmd_replay(args) -> int:
     from streamrec.model.datasets import read_events
+    from streamrec.stream import access
     from streamrec.tools.replay import replay
     settings = from_args(args)
-    from streamrec.stream import access
     access.check(settings, "producer", settings.topic("interactions"))
     events = read_events(args.file, args.format)
     if args.limit:
@@ -97,10 +97,10 @@ def cmd_catalog(args) -> int:
 
 def cmd_tail(args) -> int:
     from streamrec.model.datasets import read_titles
+    from streamrec.stream import access
     from streamrec.tools.tail import follow, printer
     settings = from_args(args)
     topic = settings.topic("interactions-dlq" if args.dead_letters else "recommendations")
-    from streamrec.stream import access
     access.check(settings, "reader", topic)
     show = printer("dlq" if args.dead_letters else "rec", read_titles(args.titles) if args.titles else None)
     for _, msg in follow(settings, topic, from_beginning=args.from_beginning, max_messages=args.max_messages,

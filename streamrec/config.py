@@ -128,15 +128,6 @@ class Settings:
                 d[name] = "***"
         return d
 
-    def secrets(self) -> list[str]:
-        """The secret values that are set (for scrubbing them out of text that must be shown)."""
-        return [v for v in (getattr(self, n) for n in SECRET_FIELDS) if v]
-
-    def redact(self, text: str) -> str:
-        for value in self.secrets():
-            text = text.replace(value, "***")
-        return text
-
 
 SECRET_FIELDS = tuple(f.name for f in fields(Settings) if f.metadata.get("secret"))
 
