@@ -58,6 +58,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_run(n: int) -> int:
+    """The first of ``n`` consecutive free ports (for a broker of this module: listener, controller, ...)."""
+    for _ in range(50):
+        first = free_port()
+        try:
+            socks = []
+            for p in range(first, first + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 @dataclass
 class Worker:
     """One ``streamrec worker`` subprocess."""

@@ -1,7 +1,7 @@
 """streamrec against a broker that requires TLS, SASL/SCRAM-SHA-512 and ACLs (deploy/kafka/kafka.sh sasl_ssl mode).
 
-One secured broker for the module, in its own run dir, on STREAMREC_TEST_SECURE_KAFKA_PORT (default: the plain
-test broker's port + 100; it also takes the next two ports). Each principal gets exactly the grants of its role
+One secured broker for the module, in its own run dir, on STREAMREC_TEST_SECURE_KAFKA_PORT (it also takes the next
+two ports; default: three free consecutive ports). Each principal gets exactly the grants of its role
 (``streamrec acls apply``): ``streamrec`` the worker's, ``client`` the producer's and reader's, ``ops`` the topics
 Job's; ``nobody`` has a password and no ACL at all.
 """
@@ -23,7 +23,7 @@ import pytest
 from streamrec.config import Settings
 from streamrec.stream import acls, topics
 
-from .conftest import REPO_ROOT, Stack, event
+from .conftest import REPO_ROOT, Stack, event, free_port_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -77,8 +77,7 @@ def broker(tmp_path_factory) -> SecureBroker:
     for tool in ("java", "openssl"):
         if not shutil.which(tool):
             pytest.skip(f"the secured broker needs {tool}")
-    port = int(os.environ.get("STREAMREC_TEST_SECURE_KAFKA_PORT")
-               or int(os.environ.get("STREAMREC_KAFKA_PORT") or 19092) + 100)
+    port = int(os.environ.get("STREAMREC_TEST_SECURE_KAFKA_PORT") or free_port_run(3))
     # Under the checkout, not pytest's tmp: other pytest sessions of the same user prune old tmp dirs.
     run_dir = REPO_ROOT / "var" / "test-kafka-secure"
     env = {**os.environ, "STREAMREC_KAFKA_PORT": str(port), "STREAMREC_KAFKA_RUN_DIR": str(run_dir),
