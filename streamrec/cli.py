@@ -21,7 +21,7 @@ def cmd_worker(args) -> int:
         from streamrec.tools import processes
         return processes.run(settings, dict(os.environ))
     from faust.worker import Worker
-    from streamrec.stream import logs
+    from streamrec.stream import access, logs
     from streamrec.stream.app import create_app
 
     class StreamrecWorker(Worker):
@@ -29,8 +29,9 @@ def cmd_worker(args) -> int:
             super().on_setup_root_logger(logger, level)
             logs.install(logger, interval_s=settings.log_repeat_interval_s, fmt=settings.log_format)
 
-    app = create_app(settings)
     logging.getLogger(__name__).info("settings: %s", json.dumps(settings.as_dict()))
+    access.check(settings, "worker")
+    app = create_app(settings)
     StreamrecWorker(app, loglevel=settings.log_level).execute_from_commandline()
     return 0
 
@@ -42,7 +43,14 @@ def cmd_topics(args) -> int:
         for s in topics.load_specs(settings):
             print(f"{s.name:<40} partitions={s.partitions:<3} {' '.join(f'{k}={v}' for k, v in s.config.items())}")
         return 0
-    report = topics.apply(settings, create=args.action == "apply")
+    from kafka.errors import ClusterAuthorizationFailedError, TopicAuthorizationFailedError
+    from streamrec.stream import access
+    access.check(settings, "topics")
+    try:
+        report = topics.apply(settings, create=args.action == "apply")
+    except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
+        raise access.AccessError(f"{access.who(settings)} is not allowed to describe or create the declared topics "
+                                 f"({type(exc).__name__}). Grant: streamrec acls apply --role topics") from None
     for name in report.created:
         print(f"created  {name}")
     for name in report.ok:
@@ -52,10 +60,29 @@ def cmd_topics(args) -> int:
     return 1 if report.drift else 0
 
 
+def cmd_acls(args) -> int:
+    from streamrec.stream import acls
+    settings = from_args(args)
+    roles = args.role or ["worker"]
+    if args.action == "list":
+        for role in roles:
+            print(f"# {role}")
+            for g in acls.grants(settings, role):
+                print(g)
+        return 0
+    if not args.principal:
+        raise SystemExit("streamrec acls apply: --principal User:<name> is required")
+    n = acls.apply(settings, args.principal, roles)
+    print(f"granted {n} ACLs ({', '.join(roles)}) to {args.principal}")
+    return 0
+
+
 def cmd_replay(args) -> int:
     from streamrec.model.datasets import read_events
+    from streamrec.stream import access
     from streamrec.tools.replay import replay
     settings = from_args(args)
+    access.check(settings, "producer", settings.topic("interactions"))
     events = read_events(args.file, args.format)
     if args.limit:
         events = events[: args.limit]
@@ -67,7 +94,9 @@ def cmd_replay(args) -> int:
 def cmd_catalog(args) -> int:
     from streamrec.model.datasets import read_titles
     from streamrec.tools.replay import load_catalog
+    from streamrec.stream import access
     settings = from_args(args)
+    access.check(settings, "producer", settings.topic("items"))
     n = load_catalog(settings, read_titles(args.file), progress=not args.quiet)
     print(f"loaded {n} items from {args.file} to {settings.topic('items')}")
     return 0
@@ -83,9 +112,11 @@ def cmd_erase(args) -> int:
 
 def cmd_tail(args) -> int:
     from streamrec.model.datasets import read_titles
+    from streamrec.stream import access
     from streamrec.tools.tail import follow, printer
     settings = from_args(args)
     topic = settings.topic("interactions-dlq" if args.dead_letters else "recommendations")
+    access.check(settings, "reader", topic)
     show = printer("dlq" if args.dead_letters else "rec", read_titles(args.titles) if args.titles else None)
     for _, msg in follow(settings, topic, from_beginning=args.from_beginning, max_messages=args.max_messages,
                          timeout_s=args.timeout):
@@ -178,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(t, KAFKA)
     t.set_defaults(func=cmd_topics)
 
+    a = sub.add_parser("acls", help="the Kafka ACLs each role needs: list them, or create them (admin credentials)")
+    a.add_argument("action", choices=["list", "apply"])
+    a.add_argument("--role", action="append", choices=["worker", "producer", "reader", "topics"],
+                   help="worker (default), producer (replay, catalog), reader (tail), topics (topics apply); repeatable")
+    a.add_argument("--principal", help="apply: whom to grant, e.g. User:streamrec")
+    add_arguments(a, KAFKA)
+    a.set_defaults(func=cmd_acls)
+
     r = sub.add_parser("replay", help="produce interaction events from a file, in timestamp order")
     r.add_argument("file", help="ratings.dat, u.data, ratings.csv, sequence .txt, CSV or JSONL")
     r.add_argument("--format", default="auto",
@@ -261,7 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     for chatty in ("kafka", "aiokafka"):   # client connection chatter drowns the tools' own output
         logging.getLogger(chatty).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from streamrec.stream.access import AccessError
+    try:
+        return args.func(args)
+    except AccessError as exc:   # a misconfiguration: one clear line, no traceback, no retry loop
+        print(f"streamrec {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

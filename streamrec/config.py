@@ -1,6 +1,10 @@
 """The one settings object. Every knob has a default, a ``STREAMREC_*`` environment variable and a CLI flag.
 
 Precedence: CLI flag > environment variable > default. Nothing else in the package reads ``os.environ``.
+
+Secrets (fields marked ``secret``) are also read from a file named by ``STREAMREC_<FIELD>_FILE``, as Kubernetes
+and compose mount secrets, and are never shown: not in ``repr``, ``as_dict`` (what the worker logs), nor in
+error messages of this module.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ class Settings:
     kafka_bootstrap: str = field(default="127.0.0.1:9092", metadata={"help": "Kafka bootstrap servers, comma-separated"})
     kafka_security_protocol: str = field(default="PLAINTEXT", metadata={"help": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"})
     kafka_sasl_mechanism: str = field(default="", metadata={"help": "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL only)"})
-    kafka_sasl_username: str = field(default="", metadata={"help": "SASL user name"})
-    kafka_sasl_password: str = field(default="", metadata={"help": "SASL password (pass it as a secret env var)"})
+    kafka_sasl_username: str = field(default="", metadata={"help": "SASL user name", "file": True})
+    kafka_sasl_password: str = field(default="", repr=False, metadata={
+        "help": "SASL password: pass it in a secret env var or a file (STREAMREC_KAFKA_SASL_PASSWORD_FILE), "
+                "never as a flag (other users see command lines)", "file": True, "secret": True})
     kafka_ssl_cafile: str = field(default="", metadata={"help": "CA bundle that signed the broker certificate"})
     kafka_ssl_certfile: str = field(default="", metadata={"help": "client certificate (mutual TLS)"})
     kafka_ssl_keyfile: str = field(default="", metadata={"help": "client private key (mutual TLS)"})
@@ -94,6 +100,10 @@ class Settings:
             if overrides.get(f.name) is not None:   # the flag wins: don't parse (or fail on) an env value it hides
                 continue
             raw = environ.get(env_name(f.name))
+            if f.metadata.get("file") and environ.get(file_env_name(f.name)):
+                if raw:
+                    raise ValueError(f"set {env_name(f.name)} or {file_env_name(f.name)}, not both")
+                raw = _read_secret_file(file_env_name(f.name), environ[file_env_name(f.name)])
             if raw is not None and raw != "":
                 values[f.name] = _coerce(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -116,10 +126,23 @@ class Settings:
                       ssl_keyfile=self.kafka_ssl_keyfile or None)
         return kw
 
+    def ssl_context(self):
+        """The TLS context for SSL / SASL_SSL (None otherwise): the CA file, or the system CAs, and the client
+        certificate for mutual TLS. Hostname checking stays on."""
+        if "SSL" not in self.kafka_security_protocol.upper():
+            return None
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
+        if self.kafka_ssl_certfile:
+            ctx.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile or None)
+        return ctx
+
     def as_dict(self) -> dict[str, Any]:
+        """Every setting, secrets masked: safe to log."""
         d = dataclasses.asdict(self)
-        if d.get("kafka_sasl_password"):
-            d["kafka_sasl_password"] = "***"
+        for name in SECRET_FIELDS:
+            if d.get(name):
+                d[name] = "***"
         return d
 
 
@@ -127,6 +150,8 @@ class Settings:
 KAFKA_SETTINGS = ["kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
                   "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "topic_prefix",
                   "topics_file", "app_id"]
+
+SECRET_FIELDS = tuple(f.name for f in fields(Settings) if f.metadata.get("secret"))
 
 
 def env_name(field_name: str) -> str:
@@ -143,6 +168,25 @@ def _flag_bool(raw: str) -> bool:
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
+def file_env_name(field_name: str) -> str:
+    """``STREAMREC_<FIELD>_FILE``: the variable naming a file that holds the value (fields marked ``file``)."""
+    return env_name(field_name) + "_FILE"
+
+
+def env_names() -> set[str]:
+    """Every environment variable Settings reads."""
+    return ({env_name(f.name) for f in fields(Settings)}
+            | {file_env_name(f.name) for f in fields(Settings) if f.metadata.get("file")})
+
+
+def _read_secret_file(var: str, path: str) -> str:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:   # the reason and the path, never the content
+        raise ValueError(f"{var}={path}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
+    return text.rstrip("\r\n")   # `echo pw > file` and kubectl --from-file both may end it with a newline
+
+
 def _coerce(f: dataclasses.Field, raw: str) -> Any:
     kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
     if kind is bool:
@@ -150,7 +194,8 @@ def _coerce(f: dataclasses.Field, raw: str) -> Any:
     try:
         return kind(raw)
     except ValueError as exc:
-        raise ValueError(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from exc
+        shown = "***" if f.metadata.get("secret") else repr(raw)
+        raise ValueError(f"{env_name(f.name)}={shown} is not a valid {kind.__name__}") from exc
 
 
 def add_arguments(parser, names: list[str] | None = None) -> None:
@@ -161,8 +206,9 @@ def add_arguments(parser, names: list[str] | None = None) -> None:
         kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
         if kind is bool:   # argparse's type=bool would read "--flag false" as True
             kind = _flag_bool
+        env = env_name(f.name) + (f" or {file_env_name(f.name)}" if f.metadata.get("file") else "")
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                            help=f"{f.metadata.get('help', '')} [env {env_name(f.name)}, default {f.default!r}]")
+                            help=f"{f.metadata.get('help', '')} [env {env}, default {f.default!r}]")
 
 
 def from_args(args) -> Settings:

@@ -18,6 +18,10 @@
 #   STREAMREC_KAFKA_JAVA      java binary (default: $JAVA_HOME/bin/java or java on PATH)
 #   STREAMREC_KAFKA_WAIT_S    default timeout of `wait` (default 60)
 #   STREAMREC_PYTHON          python3 used by `wait`/`status` for the Metadata probe (default python3)
+#   STREAMREC_KAFKA_SECURITY  plaintext (default) or sasl_ssl: a TLS + SCRAM-SHA-512 listener with ACLs
+#                             enforced (see "Secured broker" in README.md); needs openssl
+#   STREAMREC_KAFKA_USERS     sasl_ssl only: SCRAM users created at the first start besides `admin`
+#                             (default "streamrec"); passwords are generated into RUN_DIR/secrets/
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,6 +33,8 @@ RUN_DIR="${STREAMREC_KAFKA_RUN_DIR:-$HERE/.run}"
 HEAP_OPTS="${STREAMREC_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
 WAIT_S_DEFAULT="${STREAMREC_KAFKA_WAIT_S:-60}"
 PYTHON="${STREAMREC_PYTHON:-python3}"
+SECURITY="${STREAMREC_KAFKA_SECURITY:-plaintext}"
+USERS="${STREAMREC_KAFKA_USERS:-streamrec}"
 
 if [[ -n "${STREAMREC_KAFKA_JAVA:-}" ]]; then
   JAVA="$STREAMREC_KAFKA_JAVA"
@@ -40,6 +46,13 @@ fi
 
 [[ "$PORT" =~ ^[0-9]+$ ]] || { echo "kafka.sh: STREAMREC_KAFKA_PORT must be a number, got '$PORT'" >&2; exit 2; }
 CONTROLLER_PORT=$((PORT + 1))
+case "$SECURITY" in
+  plaintext) PROBE_PORT=$PORT ;;
+  # The readiness probe speaks plain Kafka: it uses the secured broker's credential-less listener (PORT+2),
+  # where Metadata answers (brokers, no topics) but the ACLs allow the anonymous principal nothing else.
+  sasl_ssl) PROBE_PORT=$((PORT + 2)) ;;
+  *) echo "kafka.sh: STREAMREC_KAFKA_SECURITY must be plaintext or sasl_ssl, got '$SECURITY'" >&2; exit 2 ;;
+esac
 mkdir -p "$RUN_DIR"
 RUN_DIR="$(cd "$RUN_DIR" && pwd)"   # absolute, so the JVM and pid checks never depend on cwd
 
@@ -52,6 +65,8 @@ CONF="$RUN_DIR/server.properties"
 LOG4J_BROKER="$RUN_DIR/log4j2-broker.properties"
 LOG4J_TOOLS="$RUN_DIR/log4j2-tools.properties"
 VERSION_FILE="$RUN_DIR/version"
+TLS_DIR="$RUN_DIR/tls"
+SECRETS_DIR="$RUN_DIR/secrets"
 MARKER="$RUN_DIR/.streamrec-kafka-run"
 
 log() { echo "kafka.sh: $*" >&2; }
@@ -118,8 +133,8 @@ port_open() {  # port_open PORT -> 0 when something accepts TCP connections on 1
 # Sends a Metadata v4 request (a version every Kafka from 1.0 to 4.x accepts) and prints
 # "brokers=N controller=ID cluster=ID"; exit 0 only if at least one broker is registered.
 metadata_probe() {
-  command -v "$PYTHON" >/dev/null 2>&1 || { port_open "$PORT" && echo "port open (no python for a Metadata probe)"; return; }
-  "$PYTHON" - "$PORT" <<'PY'
+  command -v "$PYTHON" >/dev/null 2>&1 || { port_open "$PROBE_PORT" && echo "port open (no python for a Metadata probe)"; return; }
+  "$PYTHON" - "$PROBE_PORT" <<'PY'
 import socket, struct, sys
 port = int(sys.argv[1])
 try:
@@ -166,9 +181,86 @@ PY
 
 # ----------------------------------------------------------------------------------- config
 
+listener_config() {
+  if [[ "$SECURITY" == plaintext ]]; then
+    cat <<EOF
+inter.broker.listener.name=PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+EOF
+    return
+  fi
+  local admin
+  admin="$(cat "$SECRETS_DIR/admin.password")"
+  cat <<EOF
+# Secured (STREAMREC_KAFKA_SECURITY=sasl_ssl). Clients: SASL_SSL with SCRAM-SHA-512 on PORT, certificate signed
+# by $TLS_DIR/ca.crt. PLAINTEXT on PORT+2 authenticates nobody (principal User:ANONYMOUS, no ACLs: it may
+# read only cluster metadata; kafka.sh's readiness probe uses it). The controller listener uses SASL/PLAIN,
+# because KRaft controllers cannot check SCRAM (the credentials live in the metadata they serve).
+listeners=SASL_SSL://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT,PLAINTEXT://127.0.0.1:$PROBE_PORT
+advertised.listeners=SASL_SSL://127.0.0.1:$PORT,PLAINTEXT://127.0.0.1:$PROBE_PORT
+listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=SASL_SSL
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="$admin" user_admin="$admin";
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$admin";
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.crt
+# ACLs: nothing is allowed unless an ACL allows it; admin (the broker itself, topics/ACL administration) is
+# the only super user. Grant a worker's principal with: streamrec acls apply (docs/deployment.md).
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:admin
+allow.everyone.if.no.acl.found=false
+EOF
+}
+
+# sasl_ssl only, once per run dir: a throwaway CA and a broker certificate for 127.0.0.1 (PEM, which Kafka reads
+# directly), and a random password per SCRAM user. All of it stays in the run dir, mode 600; none is committed.
+make_secrets() {
+  [[ "$SECURITY" == sasl_ssl ]] || return 0
+  command -v openssl >/dev/null || die "openssl not found (needed to make the TLS certificates)"
+  mkdir -p "$TLS_DIR" "$SECRETS_DIR"
+  chmod 700 "$TLS_DIR" "$SECRETS_DIR"
+  local u
+  for u in admin $USERS; do
+    [[ "$u" =~ ^[A-Za-z0-9._-]+$ ]] || die "STREAMREC_KAFKA_USERS: bad user name '$u'"
+    [[ -s "$SECRETS_DIR/$u.password" ]] || (umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' > "$SECRETS_DIR/$u.password")
+  done
+  if [[ ! -s "$TLS_DIR/broker.pem" ]]; then
+    log "making a test CA and a broker certificate in $TLS_DIR"
+    ( umask 077; cd "$TLS_DIR"
+      openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 30 \
+        -subj "/CN=streamrec-kafka-sh test CA" 2>/dev/null
+      openssl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj "/CN=127.0.0.1" 2>/dev/null
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > san.ext
+      openssl x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out broker.crt -days 30 \
+        -extfile san.ext 2>/dev/null
+      cat broker.key broker.crt > broker.pem
+      rm -f broker.csr san.ext ca.srl
+      chmod 644 ca.crt ) || die "openssl could not make the certificates"
+  fi
+}
+
+# `kafka-storage format --add-scram` arguments: the SCRAM users exist before the broker first starts (KRaft).
+scram_args() {
+  [[ "$SECURITY" == sasl_ssl ]] || return 0
+  local u
+  for u in admin $USERS; do
+    printf '%s\n' --add-scram "SCRAM-SHA-512=[name=$u,password=$(cat "$SECRETS_DIR/$u.password")]"
+  done
+}
+
 write_config() {
   mkdir -p "$DATA_DIR" "$LOG_DIR"
   touch "$MARKER"
+  make_secrets
+  ( umask 077; : > "$CONF" )   # it holds the admin password in sasl_ssl mode
   cat > "$CONF" <<EOF
 # Generated by deploy/kafka/kafka.sh on every start; edit kafka.sh, not this file.
 # Single-node KRaft: this process is both the broker and the (only) controller.
@@ -176,11 +268,8 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
 # Bound to loopback only: never reachable from other hosts.
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+$(listener_config)
 log.dirs=$DATA_DIR
 
 # One node: every internal topic must have replication factor 1 / min ISR 1.
@@ -261,8 +350,10 @@ format_storage() {
   local cluster_id
   cluster_id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)"
   log "formatting KRaft storage in $DATA_DIR (cluster id $cluster_id)"
+  local scram=()
+  mapfile -t scram < <(scram_args)
   "$JAVA" -Xmx256m -Dlog4j2.configurationFile="$LOG4J_TOOLS" -cp "$LIBS/*" \
-    kafka.tools.StorageTool format --config "$CONF" --cluster-id "$cluster_id" --ignore-formatted \
+    kafka.tools.StorageTool format --config "$CONF" --cluster-id "$cluster_id" --ignore-formatted "${scram[@]}" \
     > "$LOG_DIR/format.out" 2>&1 || { cat "$LOG_DIR/format.out" >&2; die "storage format failed"; }
 }
 
@@ -275,8 +366,8 @@ cmd_start() {
     return 0
   fi
   rm -f "$PID_FILE"
-  if port_open "$PORT" || port_open "$CONTROLLER_PORT"; then
-    die "127.0.0.1:$PORT or :$CONTROLLER_PORT is already in use by another process (not this run dir's broker); set STREAMREC_KAFKA_PORT"
+  if port_open "$PORT" || port_open "$CONTROLLER_PORT" || port_open "$PROBE_PORT"; then
+    die "127.0.0.1:$PORT, :$CONTROLLER_PORT or :$PROBE_PORT is already in use by another process (not this run dir's broker); set STREAMREC_KAFKA_PORT"
   fi
   command -v "$JAVA" >/dev/null 2>&1 || die "java not found (need Java 17+); set JAVA_HOME or STREAMREC_KAFKA_JAVA"
   cmd_fetch
@@ -304,6 +395,9 @@ cmd_start() {
     die "broker exited right after start"
   fi
   log "started Kafka $VERSION (pid $pid) on 127.0.0.1:$PORT, controller :$CONTROLLER_PORT; run dir $RUN_DIR"
+  if [[ "$SECURITY" == sasl_ssl ]]; then
+    log "SASL_SSL + SCRAM-SHA-512 on :$PORT (CA $TLS_DIR/ca.crt; users admin $USERS, passwords in $SECRETS_DIR/), ACLs enforced; credential-less PLAINTEXT on :$PROBE_PORT"
+  fi
   log "next: $0 wait"
 }
 
@@ -386,7 +480,8 @@ cmd_reset() {
   if [[ -d "$RUN_DIR" ]] && [[ -n "$(ls -A "$RUN_DIR")" ]] && [[ ! -f "$MARKER" ]]; then
     die "refusing to wipe $RUN_DIR: it has no $MARKER (not a kafka.sh run dir)"
   fi
-  rm -rf "${RUN_DIR:?}/data" "${RUN_DIR:?}/logs" "$CONF" "$LOG4J_BROKER" "$LOG4J_TOOLS" "$VERSION_FILE" "$PID_FILE"
+  rm -rf "${RUN_DIR:?}/data" "${RUN_DIR:?}/logs" "$CONF" "$LOG4J_BROKER" "$LOG4J_TOOLS" "$VERSION_FILE" "$PID_FILE" \
+    "$TLS_DIR" "$SECRETS_DIR"
   log "wiped data and logs in $RUN_DIR"
 }
 

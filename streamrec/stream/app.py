@@ -67,12 +67,7 @@ def fatal(what: str, exc: BaseException | None = None) -> NoReturn:
 
 def broker_credentials(settings: Settings) -> Any:
     proto = settings.kafka_security_protocol.upper()
-    ssl_context = None
-    if "SSL" in proto:
-        import ssl
-        ssl_context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
-        if settings.kafka_ssl_certfile:
-            ssl_context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile or None)
+    ssl_context = settings.ssl_context()
     if proto.startswith("SASL"):   # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, over TLS when SASL_SSL
         return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
                                      mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=ssl_context)

@@ -98,7 +98,12 @@ def apply(settings: Settings, *, create: bool = True, admin=None) -> ApplyReport
     admin = admin or admin_client(settings)
     report = ApplyReport()
     try:
-        existing = {t["name"]: t for t in admin.describe_topics([s.name for s in specs]) if t.get("error_code", 0) == 0}
+        described = admin.describe_topics([s.name for s in specs])
+        denied = [t["name"] for t in described if t.get("error_code") == 29]   # not "missing": not ours to see
+        if denied:
+            from kafka.errors import TopicAuthorizationFailedError
+            raise TopicAuthorizationFailedError(", ".join(denied))
+        existing = {t["name"]: t for t in described if t.get("error_code", 0) == 0}
         missing = [s for s in specs if s.name not in existing]
         if missing and create:
             admin.create_topics({s.name: {"num_partitions": s.partitions, "replication_factor": s.replication_factor,

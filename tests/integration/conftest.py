@@ -58,6 +58,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_run(n: int) -> int:
+    """The first of ``n`` consecutive free ports (for a broker of this module: listener, controller, ...)."""
+    for _ in range(50):
+        first = free_port()
+        try:
+            socks = []
+            for p in range(first, first + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 @dataclass
 class Worker:
     """One ``streamrec worker`` subprocess."""
@@ -177,7 +196,7 @@ class Stack:
 
     def produce(self, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
         from kafka import KafkaProducer
-        p = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        p = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", **self.settings.kafka_python_security())
         try:
             for key, value in records:
                 p.send(topic, key=key, value=value)
@@ -189,11 +208,14 @@ class Stack:
         self.produce(self.topic("interactions"), [(e.user_id.encode(), e.to_bytes()) for e in events])
 
     def consume(self, topic: str, until: Callable[[list], bool], timeout: float = 60.0,
-                raw: bool = False) -> list:
-        """Read ``topic`` from the beginning until ``until(records)`` holds; fail with what was read otherwise."""
+                raw: bool = False, read_committed: bool = False) -> list:
+        """Read ``topic`` from the beginning until ``until(records)`` holds; fail with what was read otherwise.
+        ``read_committed``: skip records of aborted transactions, as a consumer of an exactly_once worker should."""
         from kafka import KafkaConsumer
         c = KafkaConsumer(topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
-                          enable_auto_commit=False, group_id=None, consumer_timeout_ms=500)
+                          enable_auto_commit=False, group_id=None, consumer_timeout_ms=500,
+                          isolation_level="read_committed" if read_committed else "read_uncommitted",
+                          **self.settings.kafka_python_security())
         got: list = []
         deadline = time.monotonic() + timeout
         try:
@@ -224,7 +246,8 @@ class Stack:
         records = self.consume(topic, lambda rs: (s := latest(rs)) is not None and until(s), timeout, raw=True)
         return latest(records)
 
-    def changelog_states(self, until: Callable[[dict], bool], timeout: float = 60.0) -> dict[str, dict]:
+    def changelog_states(self, until: Callable[[dict], bool], timeout: float = 60.0,
+                         read_committed: bool = False) -> dict[str, dict]:
         """Every user's latest state in the user_state changelog, once ``until(states)`` holds."""
         topic = f"{self.settings.app_id}-user_state-changelog"
 
@@ -235,7 +258,8 @@ class Stack:
                     out[r.key.decode()] = json.loads(r.value)
             return out
 
-        return latest(self.consume(topic, lambda rs: until(latest(rs)), timeout, raw=True))
+        return latest(self.consume(topic, lambda rs: until(latest(rs)), timeout, raw=True,
+                                   read_committed=read_committed))
 
     def close(self) -> None:
         for w in self.workers:

@@ -151,3 +151,50 @@ def test_boolean_settings_from_flags_and_env_read_false_as_false():
     assert Settings.from_env({"STREAMREC_RECOMMEND_SEEN": "true"}).recommend_seen is True
     with pytest.raises(SystemExit):
         parser.parse_args(["--recommend-seen", "maybe"])
+
+
+# --------------------------------------------------------------------------------------------- secrets
+
+def test_secret_is_read_from_its_file_without_the_trailing_newline(tmp_path):
+    f = tmp_path / "pw"
+    f.write_text("s3cret-value\n")
+    s = Settings.from_env({"STREAMREC_KAFKA_SASL_PASSWORD_FILE": str(f), "STREAMREC_KAFKA_SASL_USERNAME_FILE": str(f)})
+    assert s.kafka_sasl_password == "s3cret-value" and s.kafka_sasl_username == "s3cret-value"
+
+
+def test_secret_file_and_variable_together_is_an_error(tmp_path):
+    f = tmp_path / "pw"
+    f.write_text("a")
+    with pytest.raises(ValueError, match="not both"):
+        Settings.from_env({"STREAMREC_KAFKA_SASL_PASSWORD_FILE": str(f), "STREAMREC_KAFKA_SASL_PASSWORD": "b"})
+
+
+def test_unreadable_secret_file_names_the_file_not_a_value(tmp_path):
+    with pytest.raises(ValueError) as info:
+        Settings.from_env({"STREAMREC_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "missing")})
+    assert "STREAMREC_KAFKA_SASL_PASSWORD_FILE" in str(info.value) and "missing" in str(info.value)
+
+
+def test_only_secret_capable_fields_read_files(tmp_path):
+    f = tmp_path / "v"
+    f.write_text("x")
+    assert Settings.from_env({"STREAMREC_APP_ID_FILE": str(f)}).app_id == Settings().app_id
+
+
+def test_password_never_shown_in_repr_as_dict_or_a_coercion_error():
+    s = Settings(kafka_sasl_password="hunter2-xyz")
+    assert "hunter2-xyz" not in repr(s)
+    assert s.as_dict()["kafka_sasl_password"] == "***" and "hunter2-xyz" not in str(s.as_dict())
+
+
+def test_help_names_the_file_variable_and_never_an_env_value(monkeypatch):
+    monkeypatch.setenv("STREAMREC_KAFKA_SASL_PASSWORD", "hunter2-xyz")
+    text = parser_with().format_help()
+    assert "STREAMREC_KAFKA_SASL_PASSWORD_FILE" in text and "hunter2-xyz" not in text
+
+
+def test_env_names_lists_the_file_variants():
+    from streamrec.config import env_names
+    names = env_names()
+    assert {"STREAMREC_KAFKA_SASL_PASSWORD", "STREAMREC_KAFKA_SASL_PASSWORD_FILE"} <= names
+    assert "STREAMREC_APP_ID_FILE" not in names
