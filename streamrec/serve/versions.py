@@ -26,7 +26,7 @@ import logging
 import math
 import random
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from streamrec import metrics
 from streamrec.model.artifacts import ONNX_SUBDIR, read_report, resolve_model_dir
@@ -212,16 +212,19 @@ def note_serving(version: str, previous: str | None = None) -> None:
 class ModelWatcher:
     """Polled by the worker's timer: selects, loads (in its own daemon thread), checks and swaps model versions."""
 
-    def __init__(self, root: str | Path, batcher: Any, load: Callable[[Path], Any]):
+    def __init__(self, root: str | Path, batcher: Any, load: Callable[[Path], Any],
+                 catalog: Callable[[], Iterable[tuple[str, dict | None]]] | None = None):
         from streamrec.serve.batching import DaemonThreadExecutor
         self.root, self.batcher, self.load = Path(root).resolve(), batcher, load
+        self.catalog = catalog   # the item records seen so far: a new model learns the cold-start items too
         self.serving = version_of(self.root, getattr(batcher.scorer, "model_dir", ""))
         self.refused: dict[Path, tuple | None] = {}
         self._bad_current: str | None = None
         self._pool = DaemonThreadExecutor("model-loader")   # a stop never waits for a load in progress
 
     @classmethod
-    def for_worker(cls, settings: Any, scorer: Any) -> "ModelWatcher | None":
+    def for_worker(cls, settings: Any, scorer: Any,
+                   catalog: Callable[[], Iterable[tuple[str, dict | None]]] | None = None) -> "ModelWatcher | None":
         """The watcher for a worker's scorer, or None when there is nothing to watch."""
         from streamrec.serve.batching import MicroBatcher
         from streamrec.serve.lm import LMScorer
@@ -231,7 +234,7 @@ class ModelWatcher:
             log.warning("model versions under %s are not watched: only a plain item-LM scorer (no re-ranker, a "
                         "version present at start) is hot-swapped", settings.model_dir)
             return None
-        return cls(settings.model_dir, scorer, lambda v: load_version(v, settings, scorer.fallback))
+        return cls(settings.model_dir, scorer, lambda v: load_version(v, settings, scorer.fallback), catalog)
 
     async def poll(self) -> str | None:
         """One look: "swapped", "refused" or None (nothing to do)."""
@@ -258,6 +261,9 @@ class ModelWatcher:
             log.error("model version %s refused (%s): %s; still serving %s", target, reason, exc,
                       self.batcher.version)
             return "refused"
+        if self.catalog is not None:   # queued only; embedded by the model thread before its first batch
+            for item_id, record in self.catalog():
+                scorer.on_item(str(item_id), record)
         previous = self.batcher.version
         self.batcher.swap(scorer)
         self.serving = target

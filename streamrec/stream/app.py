@@ -389,7 +389,7 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
                 log.info("retention: %d inactive users to erase (last event before %d days ago)", sent,
                          settings.user_retention_days)
 
-    watcher = ModelWatcher.for_worker(settings, scorer)
+    watcher = ModelWatcher.for_worker(settings, scorer, catalog.items)
     if watcher is not None:
         @app.timer(interval=settings.model_watch_s)
         async def watch_model() -> None:

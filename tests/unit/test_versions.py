@@ -119,12 +119,16 @@ def test_answer_checks():
 class Versioned:
     def __init__(self, model_dir: Path):
         self.model_dir, self.name, self.version = model_dir, "itemlm", model_dir.name
+        self.items = []
 
     def score(self, requests):
         return [Scored([("i", 1.0)], self.name, self.version) for _ in requests]
 
     def observe(self, history, item_id):
         pass
+
+    def on_item(self, item_id, record):
+        self.items.append(item_id)
 
 
 def counter(name: str, **labels) -> float:
@@ -141,7 +145,7 @@ def test_watcher_swaps_refuses_and_rolls_back(tmp_path):
 
     async def main():
         batcher = MicroBatcher(Versioned(v1), max_wait_ms=1)
-        watcher = ModelWatcher(tmp_path, batcher, load)
+        watcher = ModelWatcher(tmp_path, batcher, load, lambda: [("new-item", {"title": "t"})])
         seen = []
 
         async def ask():
@@ -152,6 +156,7 @@ def test_watcher_swaps_refuses_and_rolls_back(tmp_path):
         fake_version(tmp_path, "v2", 2_000)
         swaps, refusals = counter("streamrec_model_swaps_total"), counter("streamrec_model_refusals_total", reason="load")
         assert await watcher.poll() == "swapped"
+        assert batcher.scorer.items == ["new-item"]   # the catalog so far, for its cold start
         await ask()
         v3 = fake_version(tmp_path, "v3", 3_000)
         (v3 / "corrupt").write_text("")
