@@ -91,6 +91,9 @@ class Settings:
     max_wait_ms: float = field(default=5.0, metadata={"help": "micro-batch: flush after this long"})
     max_queue: int = field(default=4096, metadata={"help": "micro-batch: pending requests before callers wait"})
     scorer_timeout_s: float = field(default=2.0, metadata={"help": "model call longer than this falls back to cooc"})
+    model_watch_s: float = field(default=30.0, metadata={
+        "help": "how often to look for a new model version under model_dir (subdirectories; CURRENT names the one "
+                "to serve, else the newest) and hot-swap it in; 0 = never"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

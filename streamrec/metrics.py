@@ -71,3 +71,8 @@ def set_consumer_lag(lags: dict[tuple[str, int], int]) -> None:
 
 def render() -> bytes:
     return generate_latest(REGISTRY)
+MODEL_VERSION = Gauge("streamrec_model_version_info", "The model version being served (1 on its label)", ["version"],
+                      registry=REGISTRY)
+MODEL_SWAPS = Counter("streamrec_model_swaps_total", "Model versions swapped in without a restart", registry=REGISTRY)
+MODEL_REFUSALS = Counter("streamrec_model_refusals_total", "Model versions refused (not loadable or failed a check)",
+                         ["reason"], registry=REGISTRY)

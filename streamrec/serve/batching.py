@@ -122,6 +122,17 @@ class MicroBatcher:
         self._call: asyncio.Future | None = None    # the model call in flight, if any
         self._closed = False
 
+    def swap(self, scorer: Scorer) -> Scorer:
+        """Serve the next batches with ``scorer`` (a model hot-swap); returns the old one.
+
+        Runs on the event loop, like ``_flush``, which reads ``self.scorer`` once per batch when it hands the call to
+        the model thread: a call in flight finishes on the old scorer (its answers carry the old version), every
+        later batch goes to the new one, and no request is dropped or answered twice. The fallback (and its online
+        counts) stays."""
+        old, self.scorer = self.scorer, scorer
+        self.name, self.version = scorer.name, scorer.version
+        return old
+
     # --- the Scorer protocol, async flavour ---------------------------------------------------------
     def observe(self, history: Sequence[str], item_id: str) -> None:
         self.scorer.observe(history, item_id)
@@ -204,13 +215,14 @@ class MicroBatcher:
                 raise ModelBusy("an earlier model call timed out and is still running")
             self.model_calls += 1
             started = time.perf_counter()
-            call = self._call = asyncio.get_running_loop().run_in_executor(self._pool, self.scorer.score, requests)
+            scorer = self.scorer   # this batch's: a swap() meanwhile applies to the next batch
+            call = self._call = asyncio.get_running_loop().run_in_executor(self._pool, scorer.score, requests)
             try:
                 results = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
             except asyncio.TimeoutError:
                 self._stuck = call   # the thread cannot be interrupted; remember it until it returns
                 raise
-            metrics.COMPUTE.labels(self.scorer.name).observe(time.perf_counter() - started)
+            metrics.COMPUTE.labels(scorer.name).observe(time.perf_counter() - started)
             if len(results) != len(requests):   # zip() below would leave the surplus callers waiting forever
                 raise RuntimeError(f"scorer returned {len(results)} results for {len(requests)} requests")
         except Exception as exc:      # includes the timeout: never leave a caller waiting or without an answer

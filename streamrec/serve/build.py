@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from streamrec.config import Settings
 from streamrec.scoring import CooccurrenceScorer, NullScorer
+from streamrec.serve.versions import has_model, is_versioned, note_serving, select
 
 log = logging.getLogger(__name__)
 
 
-def has_model(model_dir: str) -> bool:
-    """A `streamrec train` output directory or its model/ subdirectory (HF config.json next to vocab.json)."""
-    return any((Path(model_dir) / sub / "config.json").is_file() for sub in ("", "model"))
+def serving_dir(model_dir: str) -> str:
+    """The model to serve from ``model_dir``: the directory itself when it is one trained model, else the version
+    ``versions.select`` picks (CURRENT, else the newest); "" when there is none yet."""
+    if not model_dir or not is_versioned(model_dir):
+        return model_dir if model_dir and has_model(model_dir) else ""
+    chosen = select(model_dir)   # a bad CURRENT at start: RefusedModel, the worker does not start
+    return str(chosen) if chosen is not None else ""
 
 
 def build_scorer(settings: Settings):
@@ -21,11 +25,14 @@ def build_scorer(settings: Settings):
 
     * no trained model: co-occurrence alone (it learns online from the stream);
     * a trained model (``model_dir``): the item LM behind the micro-batcher, co-occurrence as its fallback;
-    * plus ``reranker_dir``: a local causal LM re-ranks the first stage's candidates, in the same micro-batches.
+    * plus ``reranker_dir``: a local causal LM re-ranks the first stage's candidates, in the same micro-batches;
+    * ``model_dir`` may hold model versions (subdirectories): the one ``versions.select`` picks is served, and
+      the worker's ``versions.ModelWatcher`` swaps later ones in.
     """
     choice = settings.scorer
+    model_dir = serving_dir(settings.model_dir)
     if choice == "auto":
-        choice = "lm" if settings.model_dir and has_model(settings.model_dir) else "cooc"
+        choice = "lm" if model_dir else "cooc"
         if settings.model_dir and choice == "cooc":   # e.g. a fresh volume before the first model lands
             log.warning("no trained model under %s yet: scoring with co-occurrence", settings.model_dir)
     if choice == "none":   # framework cost alone (benchmarks): state and messages, no scoring
@@ -37,8 +44,9 @@ def build_scorer(settings: Settings):
     from streamrec.serve.batching import MicroBatcher   # heavy imports (torch, onnxruntime) only for a model
     if choice == "lm":
         from streamrec.serve.lm import build_lm_scorer
-        first = build_lm_scorer(settings)
+        first = build_lm_scorer(settings, model_dir or None)
         fallback = first.fallback
+        note_serving(first.version)
     else:
         first = fallback = CooccurrenceScorer()
     model = first

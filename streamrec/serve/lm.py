@@ -439,18 +439,21 @@ def r_k(r: ScoreRequest) -> int:
     return max(0, int(r.k))
 
 
-def build_lm_scorer(settings) -> LMScorer:
-    """The worker's language-model scorer (``Settings.model_dir``/``backend``), with a co-occurrence fallback
-    (loaded from ``cooc.json`` in the model directory when the trainer left one there)."""
-    if not settings.model_dir:
+def build_lm_scorer(settings, model_dir: str | Path | None = None, fallback: Any = None) -> LMScorer:
+    """The worker's language-model scorer (``model_dir``, default ``Settings.model_dir``; ``Settings.backend``),
+    with a co-occurrence fallback: ``fallback`` when given (a hot-swap keeps the running one and its online
+    counts), else loaded from ``cooc.json`` in the model directory when the trainer left one there."""
+    model_dir = model_dir or settings.model_dir
+    if not model_dir:
         raise ValueError("the lm scorer needs a model directory (--model-dir / STREAMREC_MODEL_DIR)")
-    weights, artefacts = resolve_model_dir(settings.model_dir)
-    cooc = next((p for p in (artefacts / "cooc.json", weights / "cooc.json") if p.is_file()), None)
-    fallback = CooccurrenceScorer.load(cooc) if cooc is not None else CooccurrenceScorer()
+    if fallback is None:
+        weights, artefacts = resolve_model_dir(model_dir)
+        cooc = next((p for p in (artefacts / "cooc.json", weights / "cooc.json") if p.is_file()), None)
+        fallback = CooccurrenceScorer.load(cooc) if cooc is not None else CooccurrenceScorer()
     if settings.scorer_threads and resolve_backend(settings.backend) in _TORCH_MODES:
         import torch   # torch backends take it from here, ONNX Runtime from its session options
         torch.set_num_threads(settings.scorer_threads)
-    scorer = LMScorer(settings.model_dir, backend=settings.backend, fallback=fallback,
+    scorer = LMScorer(model_dir, backend=settings.backend, fallback=fallback,
                       threads=settings.scorer_threads or None, group_lengths=settings.group_lengths)
     scorer.warm_up(sorted({1, settings.max_batch_size}))   # before the worker starts, so before it is ready
     return scorer

@@ -29,6 +29,7 @@ from faust.sensors import Sensor
 from streamrec import metrics
 from streamrec.config import Settings
 from streamrec.serve.build import build_scorer
+from streamrec.serve.versions import ModelWatcher
 from streamrec.stream import logs
 from streamrec.stream.erasure import erase_request, expired_users
 from streamrec.stream.pipeline import Pipeline
@@ -387,6 +388,17 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
             if sent:
                 log.info("retention: %d inactive users to erase (last event before %d days ago)", sent,
                          settings.user_retention_days)
+
+    watcher = ModelWatcher.for_worker(settings, scorer, catalog.items)
+    if watcher is not None:
+        @app.timer(interval=settings.model_watch_s)
+        async def watch_model() -> None:
+            """Model hot-swap: a new version under model_dir (or CURRENT changed) is loaded and checked off the
+            event loop, then swapped in between batches; a bad one is refused and the old one keeps serving."""
+            try:
+                await watcher.poll()
+            except Exception:   # e.g. the model volume unreadable for a moment: keep serving, look again later
+                log.exception("looking for a new model version failed; still serving %s", scorer.version)
 
     if settings.log_repeat_interval_s > 0:
         @app.timer(interval=settings.log_repeat_interval_s)

@@ -469,3 +469,30 @@ def test_a_hung_model_call_does_not_keep_the_interpreter_from_exiting(tmp_path):
         "print('exited')\n")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=20)
     assert out.returncode == 0 and "exited" in out.stdout, out.stderr
+
+
+def test_swap_between_batches_keeps_the_call_in_flight_and_loses_nothing():
+    """A swap while a model call runs: that batch is answered by the old scorer, every later one by the new one;
+    every request is answered exactly once; the fallback stays."""
+    gate = threading.Event()
+    old, new = FakeScorer("old", gate=gate), FakeScorer("new")
+    fallback = CooccurrenceScorer()
+
+    async def main():
+        b = MicroBatcher(old, fallback=fallback, max_batch_size=4, max_wait_ms=1)
+        first = [asyncio.ensure_future(b.submit(req(f"a{i}", "x"))) for i in range(4)]
+        await asyncio.get_running_loop().run_in_executor(None, old.started.wait, 5)   # the old call is running
+        waiting = [asyncio.ensure_future(b.submit(req(f"b{i}", "y"))) for i in range(6)]
+        await asyncio.sleep(0.01)
+        assert b.swap(new) is old and (b.name, b.version) == ("new", "new-1") and b.fallback is fallback
+        gate.set()
+        before, after = await asyncio.gather(*first), await asyncio.gather(*waiting)
+        later = await b.submit(req("c", "z"))
+        await b.close()
+        return before, after, later
+
+    before, after, later = run(main)
+    assert [s.version for s in before] == ["old-1"] * 4
+    assert [s.version for s in after] == ["new-1"] * 6 and later.version == "new-1"
+    assert [answer(s) for s in after] == [f"b{i}:y" for i in range(6)]
+    assert sum(len(c) for c in old.calls) == 4 and sum(len(c) for c in new.calls) == 7
