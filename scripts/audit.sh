@@ -15,7 +15,8 @@ UV="$CACHE/uv-tool/bin/uv"
 export UV_CACHE_DIR="$CACHE/uv-cache" UV_LINK_MODE=hardlink UV_NO_PROGRESS=1
 VENV="${STREAMREC_VENV:-$ROOT/.venv}"
 TOOL="$CACHE/audit-tool"   # pip-audit in its own venv: its dependencies are not the project's
-[ -x "$UV" ] || bash scripts/bootstrap.sh >/dev/null
+# The venv the tests run with (a fresh clone has none yet: CI runs this first).
+bash scripts/bootstrap.sh
 if [ ! -x "$TOOL/bin/pip-audit" ]; then
     "$UV" venv --quiet --python "$(command -v python3.11 || command -v python3)" "$TOOL"
     "$UV" pip install --quiet --python "$TOOL/bin/python" "pip-audit==2.10.1" \
