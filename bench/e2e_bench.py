@@ -44,7 +44,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -360,7 +359,7 @@ def main() -> int:
     base_env.update(dict(kv.split("=", 1) for kv in args.worker_env))
     settings = Settings.from_env(worker_env(base_env, args.bootstrap, prefix, f"e2e-{name}-cooc", tmp, "cooc"))
     topics.apply(settings)
-    source, recs = settings.topic("interactions"), settings.topic("recommendations")
+    source = settings.topic("interactions")
     create_topics(args.bootstrap, [prefix + "bare-out", prefix + "faust-out", prefix + "quix-out"])
     load_before = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"load average {load_before}; producing {len(drain_events):,} events "

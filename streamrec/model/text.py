@@ -19,7 +19,10 @@ import logging
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:   # annotations only: the ONNX serving path imports this module without torch
+    import torch
 
 log = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ def test_train_init_from_keeps_old_ids_and_weights_and_learns_new_items(tmp_path
     # training went on from the old weights, not from a fresh init: the old rows moved only a little
     old_rows = old_model.item_emb.weight[: len(old_vocab.items)]
     new_rows = model.item_emb.weight[: len(old_vocab.items)]
-    fresh = train(cfg, more, tmp_path / "fresh", progress=False)
+    train(cfg, more, tmp_path / "fresh", progress=False)
     fresh_model, _ = load_model_dir(tmp_path / "fresh")
     import torch
     assert torch.dist(old_rows, new_rows) < torch.dist(old_rows, fresh_model.item_emb.weight[: len(old_vocab.items)])

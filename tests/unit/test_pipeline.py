@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from streamrec.config import Settings
-from streamrec.scoring import CooccurrenceScorer, Scored
+from streamrec.scoring import CooccurrenceScorer
 from streamrec.stream.pipeline import Pipeline
 from streamrec.stream.state import STATE_VERSION, StateError, decode_state, encode_state
 from streamrec.stream.topics import validator
@@ -392,7 +392,7 @@ def test_event_to_recommendation_latency_is_measured_from_the_record_timestamp()
 def test_consumer_lag_per_assigned_partition_of_the_interactions_topic():
     from types import SimpleNamespace as NS
     from streamrec import metrics
-    from streamrec.stream.app import consumer_lags
+    from streamrec.stream.adapters import consumer_lags
     from collections import namedtuple
     tp = namedtuple("TP", "topic partition")
     a0, a1, a2, other = tp("interactions", 0), tp("interactions", 1), tp("interactions", 2), tp("items", 0)
