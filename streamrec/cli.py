@@ -103,8 +103,10 @@ def cmd_catalog(args) -> int:
 
 
 def cmd_erase(args) -> int:
+    from streamrec.stream import access
     from streamrec.tools.replay import request_erasure
     settings = from_args(args)
+    access.check(settings, "eraser", settings.topic("user-erasure"))
     for r in request_erasure(settings, args.users, args.request_id):
         print(f"erase request {r['request_id']} for user {r['user_id']!r} -> {settings.topic('user-erasure')}")
     return 0

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streamrec.config import Settings
-from streamrec.stream.topics import DEAD_LETTER, INTERACTIONS, ITEMS, RECOMMENDATIONS, load_specs
+from streamrec.stream.topics import DEAD_LETTER, ERASURE, INTERACTIONS, ITEMS, RECOMMENDATIONS, load_specs
 
-ROLES = ("worker", "producer", "reader", "topics")
+ROLES = ("worker", "producer", "reader", "eraser", "topics")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ def grants(settings: Settings, role: str) -> list[Grant]:
     producer ``streamrec replay`` / ``catalog``, or an app that sends events.
     reader   ``streamrec tail`` or an app that consumes recommendations (without a consumer group; an app with a
              group also needs Read on that group).
+    eraser   ``streamrec erase``, or the privacy tooling that sends erase requests.
     topics   ``streamrec topics apply`` (the topics Job): create and inspect the declared topics, nothing else.
     """
     t = settings.topic
@@ -52,6 +53,8 @@ def grants(settings: Settings, role: str) -> list[Grant]:
             Grant("topic", t(ITEMS), "literal", "read", "the catalog"),
             Grant("topic", t(RECOMMENDATIONS), "literal", "write", "the output"),
             Grant("topic", t(DEAD_LETTER), "literal", "write", "bad input, with the reason"),
+            Grant("topic", t(ERASURE), "literal", "read", "erase requests (read by the same agent)"),
+            Grant("topic", t(ERASURE), "literal", "write", "mis-keyed erase requests re-keyed; the retention sweep"),
             Grant("topic", own, "prefixed", "read", "table changelogs (recovery)"),
             Grant("topic", own, "prefixed", "write", "table changelogs"),
             Grant("group", settings.app_id, "literal", "read", "the consumer group (offsets)"),
@@ -63,6 +66,8 @@ def grants(settings: Settings, role: str) -> list[Grant]:
     if role == "reader":
         return [Grant("topic", t(RECOMMENDATIONS), "literal", "read", "tail"),
                 Grant("topic", t(DEAD_LETTER), "literal", "read", "tail --dead-letters")]
+    if role == "eraser":
+        return [Grant("topic", t(ERASURE), "literal", "write", "streamrec erase")]
     if role == "topics":
         out = []
         for s in load_specs(settings):

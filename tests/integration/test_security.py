@@ -140,9 +140,9 @@ def test_worker_topics_replay_and_tail_end_to_end_over_sasl_ssl(broker, secure_s
     ops_env = {**s.env, **broker.env("ops")}
     rc, out, _ = cli(["topics", "apply"], ops_env)
     assert rc == 0, out
-    assert out.count("created") == 6, out
+    assert out.count("created") == 7, out
     rc, out, _ = cli(["topics", "check"], ops_env)
-    assert rc == 0 and out.count("ok ") == 6, out
+    assert rc == 0 and out.count("ok ") == 7, out
 
     worker = s.worker(**broker.env("streamrec"))
     evs = [event(f"u{u}", item, T0 + 10 * u + i) for u in range(5) for i, item in enumerate("abc")]

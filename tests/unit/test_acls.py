@@ -21,6 +21,7 @@ def test_worker_may_read_its_inputs_write_its_outputs_and_nothing_else():
     assert ops("t-interactions") == ["read", "write"]
     assert ops("t-items") == ["read"]
     assert ops("t-recommendations") == ["write"] and ops("t-interactions-dlq") == ["write"]
+    assert ops("t-user-erasure") == ["read", "write"]   # its agent reads erase requests, re-keys, sweeps
     for spec in load_specs(s):
         if spec.internal:
             assert ops(spec.name) == ["read", "write"], spec.name
@@ -66,3 +67,8 @@ def test_kafka_acls_are_built_for_the_principal():
 def test_unknown_role_is_an_error():
     with pytest.raises(ValueError, match="unknown role"):
         acls.grants(Settings(), "admin")
+
+
+def test_eraser_may_only_write_erase_requests():
+    g = acls.grants(Settings(topic_prefix="t-"), "eraser")
+    assert [(x.resource, x.name, x.operation) for x in g] == [("topic", "t-user-erasure", "write")]
