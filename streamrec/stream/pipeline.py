@@ -266,7 +266,9 @@ class Pipeline:
         if state is None:
             return 404, {"error": f"unknown user {user_id!r}"}
         [answer] = await self.score([self.request(user_id, state)])
-        return 200, messages.recommendation(user_id, answer, trigger_event_id="", event_timestamp=state["last_seen"])
+        because = self.because(state, answer) if self.settings.explain else None
+        return 200, messages.recommendation(user_id, answer, trigger_event_id="", event_timestamp=state["last_seen"],
+                                            because=because)
 
     # -- the catalog -----------------------------------------------------------------------------------------
 

@@ -326,6 +326,8 @@ def test_each_recommended_item_names_a_history_item_of_the_user_with_its_title()
     assert reasons["y"] == [{"item_id": "x"}]
     for why in filter(None, reasons.values()):
         assert why[0]["item_id"] in {"a", "x"}         # always an item of this user's history
+    status, body = run(p.lookup("u"))                   # lookups over HTTP carry the same reasons
+    assert status == 200 and {i["item_id"]: i.get("because") for i in body["items"]}["b"] == reasons["b"]
 
 
 def test_explain_off_leaves_items_bare():
