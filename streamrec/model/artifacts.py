@@ -66,3 +66,18 @@ def is_current(model_dir: str | Path, directory: str | Path | None = None, kinds
     if not report or report.get("fingerprint") != model_fingerprint(model_dir):
         return False
     return all(k in report.get("files", {}) and (directory / report["files"][k]).is_file() for k in kinds)
+
+
+# --- the blend with the co-occurrence scorer ---------------------------------------------------------------------------
+
+BLEND_FILE = "blend.json"   # {"cooc_weight": w, ...}: written by model/blend.py, read by serve/lm.py
+
+
+def read_blend(model_dir: str | Path) -> dict:
+    """The blend a trained model was validated with (weights directory first, then the artefact directory); {} when
+    none was chosen (an older model: served as the LM alone)."""
+    for d in resolve_model_dir(model_dir):
+        p = d / BLEND_FILE
+        if p.is_file():
+            return json.loads(p.read_text())
+    return {}

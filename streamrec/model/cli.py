@@ -105,7 +105,9 @@ def cmd_train(args) -> int:
     print(json.dumps({"version": m["version"], "out": str(args.out), "best_epoch": m["best_epoch"],
                       "stop_reason": m["stop_reason"], "train_seconds": m["train_seconds"],
                       "test": {k: round(t[k], 4) for k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "HR@50",
-                                                           "NDCG@50", "MRR")}, "users": t["users"]}, indent=2))
+                                                           "NDCG@50", "MRR")}, "users": t["users"],
+                      "cooc_weight": m["cooc_weight"], "test_lm_only_NDCG@10": round(m["test_lm_only"]["NDCG@10"], 4)},
+                     indent=2))
     return 0
 
 
@@ -123,7 +125,7 @@ def _baseline_score_fn(kind: str, seqs, vocab, split_name: str):
 def cmd_eval(args) -> int:
     import torch
 
-    from streamrec.model.evaluate import build_vocab, evaluate, leave_one_out, lm_score_fn
+    from streamrec.model.evaluate import build_vocab, evaluate, evaluate_many, leave_one_out, lm_score_fn
 
     torch.set_num_threads(args.num_threads)
     if bool(args.model) == bool(args.baseline):
@@ -142,8 +144,23 @@ def cmd_eval(args) -> int:
         score_fn = _baseline_score_fn(args.baseline, seqs, vocab, args.split)
         name = args.baseline
     split = leave_one_out(seqs, vocab, args.split, args.min_interactions)
-    m = evaluate(score_fn, split, tuple(args.k), args.batch_size, keep_seen=args.keep_seen,
-                 progress=not args.quiet)
+    blend = {}
+    if args.model and args.blend != "none":
+        blend = _blend(args, model, seqs, vocab, score_fn)
+    if blend.get("cooc_weight"):
+        from streamrec.model.blend import blend_score_fn, last_batch, neighbour_score_fn
+        lm_fn = last_batch(score_fn)
+        fns = {"served": blend_score_fn(lm_fn, neighbour_score_fn(blend["cooc"], vocab), blend["cooc_weight"]),
+               "lm": lm_fn}
+        both = evaluate_many(fns, split, tuple(args.k), args.batch_size, keep_seen=args.keep_seen,
+                             progress=not args.quiet)
+        m = {**both["served"], "cooc_weight": blend["cooc_weight"],
+             "lm_only": {k: v for k, v in both["lm"].items() if k[:2] in ("HR", "ND", "MR")}}
+    else:
+        m = evaluate(score_fn, split, tuple(args.k), args.batch_size, keep_seen=args.keep_seen,
+                     progress=not args.quiet)
+        if args.model:
+            m["cooc_weight"] = 0.0
     m = {"scorer": name, "data": str(args.data), **m}
     text = json.dumps(m, indent=2)
     print(text)
@@ -151,6 +168,26 @@ def cmd_eval(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     return 0
+
+
+def _blend(args, model, seqs, vocab, score_fn) -> dict:
+    """The co-occurrence blend of a model (``model/blend.py``): the saved weight, or (``--blend choose``) one chosen
+    now on the validation split and saved. Returns {"cooc_weight": w, "cooc": scorer fitted on items[:-2]}."""
+    from streamrec.model.artifacts import read_blend, resolve_model_dir
+    from streamrec.model.blend import choose_weight, fit_cooc, neighbour_score_fn, save_blend
+    from streamrec.model.evaluate import leave_one_out, train_sequences
+
+    if args.blend == "saved":
+        weight = float(read_blend(args.model).get("cooc_weight", 0.0))
+        return {"cooc_weight": weight, "cooc": fit_cooc(train_sequences(seqs))} if weight else {}
+    cooc = fit_cooc(train_sequences(seqs))
+    valid = leave_one_out(seqs, vocab, "valid", args.min_interactions)
+    weight, tried = choose_weight(score_fn, neighbour_score_fn(cooc, vocab), valid, args.batch_size,
+                                  progress=not args.quiet)
+    save_blend(resolve_model_dir(args.model)[0], weight, tried)
+    print(f"blend: cooc_weight {weight} (validation NDCG@10 {tried[weight]:.4f}, LM alone {tried[0.0]:.4f})",
+          file=sys.stderr)
+    return {"cooc_weight": weight, "cooc": cooc}
 
 
 def cmd_coldstart(args) -> int:
@@ -244,6 +281,10 @@ def register(sub) -> None:
     e.add_argument("--batch-size", type=int, default=512, help="users per scoring batch")
     e.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     e.add_argument("--num-threads", type=int, default=2)
+    e.add_argument("--blend", choices=["saved", "choose", "none"], default="saved",
+                   help="--model: rank by the LM logits + w x co-occurrence score, as the worker serves it. saved: "
+                        "the weight in the model's blend.json (none there: the LM alone); choose: pick w on the "
+                        "validation split now and save it; none: the LM alone")
     e.add_argument("--json", help="also write the metrics to this file")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)

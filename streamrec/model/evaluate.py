@@ -194,42 +194,53 @@ def evaluate(score_fn: ScoreFn, split: Split, k_list: Iterable[int] = (10, 50), 
     ``return_ranks``. The result has the metrics, ``users`` (cases evaluated) and the protocol settings.
     ``candidates`` / ``ties``: see ``ranks_from_scores`` (defaults: every item, optimistic ties).
     """
-    generator = torch.Generator().manual_seed(seed)
+    return evaluate_many({"": score_fn}, split, k_list, batch_size, keep_seen, progress, return_ranks, candidates,
+                         ties, seed)[""]
+
+
+def evaluate_many(score_fns: Mapping[str, ScoreFn], split: Split, k_list: Iterable[int] = (10, 50),
+                  batch_size: int = 512, keep_seen: bool = False, progress: bool = True, return_ranks: bool = False,
+                  candidates: torch.Tensor | None = None, ties: str = "optimistic", seed: int = 0) -> dict[str, dict]:
+    """``evaluate`` for several score functions in one pass: each batch of histories goes to every function in turn
+    (the same list object), so functions that share work (``last_batch``-wrapped parts, e.g. the blend weights of
+    ``blend_score_fn``) compute it once. Returns {name: metrics}."""
     from tqdm.auto import tqdm
 
     k_list = tuple(k_list)
     n = len(split)
-    ranks = torch.empty(n, dtype=torch.long)
+    ranks = {name: torch.full((n,), split.n_items + 1, dtype=torch.long) for name in score_fns}   # unknown: last
+    generators = {name: torch.Generator().manual_seed(seed) for name in score_fns}
     order = sorted(range(n), key=lambda i: len(split.histories[i]))
-    worst = split.n_items + 1
     bar = tqdm(total=n, desc=f"eval {split.name}", unit="user", disable=not progress, leave=False)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         known = [i for i in idx if split.targets[i] > 0]
-        for i in idx:
-            if split.targets[i] <= 0:
-                ranks[i] = worst
         if known:
             hists = [split.histories[i] for i in known]
-            scores = score_fn(hists)
-            if scores.shape != (len(known), split.n_items + 1):
-                raise ValueError(f"score_fn returned {tuple(scores.shape)}, expected {(len(known), split.n_items + 1)}")
-            r = ranks_from_scores(scores.cpu(), torch.as_tensor([split.targets[i] for i in known]),
-                                  None if keep_seen else hists, candidates, ties, generator)
-            ranks[torch.as_tensor(known)] = r
+            targets = torch.as_tensor([split.targets[i] for i in known])
+            for name, score_fn in score_fns.items():
+                scores = score_fn(hists)
+                if scores.shape != (len(known), split.n_items + 1):
+                    raise ValueError(f"score_fn returned {tuple(scores.shape)}, "
+                                     f"expected {(len(known), split.n_items + 1)}")
+                ranks[name][torch.as_tensor(known)] = ranks_from_scores(
+                    scores.cpu(), targets, None if keep_seen else hists, candidates, ties, generators[name])
         bar.update(len(idx))
     bar.close()
-    out: dict = metrics_from_ranks(ranks, k_list)
-    out.update(users=n, split=split.name, keep_seen=keep_seen, dropped_users=split.dropped_users,
-               unknown_targets=split.unknown_targets, n_items=split.n_items)
-    out.update(repeat_report(ranks, split, k_list))
-    if candidates is not None:
-        out["candidates"] = int(candidates.sum())
-    if ties != "optimistic":
-        out["ties"] = ties
-    if return_ranks:
-        out["ranks"] = ranks.tolist()
-    return out
+    results = {}
+    for name, r in ranks.items():
+        out: dict = metrics_from_ranks(r, k_list)
+        out.update(users=n, split=split.name, keep_seen=keep_seen, dropped_users=split.dropped_users,
+                   unknown_targets=split.unknown_targets, n_items=split.n_items)
+        out.update(repeat_report(r, split, k_list))
+        if candidates is not None:
+            out["candidates"] = int(candidates.sum())
+        if ties != "optimistic":
+            out["ties"] = ties
+        if return_ranks:
+            out["ranks"] = r.tolist()
+        results[name] = out
+    return results
 
 
 def repeat_targets(split: Split) -> torch.Tensor:

@@ -10,9 +10,11 @@ CPU efficiency: sequences are short (Beauty: 9 items on average), so batches are
 
 Artefacts in ``out_dir``::
 
-    model/               ItemLM.save_pretrained + vocab.json (the best epoch by validation NDCG@10)
+    model/               ItemLM.save_pretrained + vocab.json (the best epoch by validation NDCG@10), and
+                         blend.json: the co-occurrence weight of the served ranking, chosen on validation (blend.py)
     train_config.json    TrainConfig + version + data summary
-    metrics.json         per-epoch history, best epoch, final validation and test metrics (all users), timings
+    metrics.json         per-epoch history, best epoch, final validation and test metrics (all users) of the served
+                         ranking (``test``) and of the LM alone (``test_lm_only``), timings
     valid_ndcg.png       validation NDCG@10 (and training loss) per epoch
     checkpoint.pt        last epoch's model + optimiser + RNG state (``resume=True`` continues from it)
     cooc.json            a co-occurrence scorer fitted on every training user's full sequence: the serving
@@ -35,7 +37,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from streamrec.model.evaluate import build_vocab, evaluate, leave_one_out, lm_score_fn, train_sequences
+from streamrec.model.blend import blend_score_fn, choose_weight, fit_cooc, last_batch, neighbour_score_fn, save_blend
+from streamrec.model.evaluate import build_vocab, evaluate, evaluate_many, leave_one_out, lm_score_fn, train_sequences
 from streamrec.model.itemlm import PAD, ItemLM, ItemVocab
 from streamrec.model.train_config import TrainConfig
 from streamrec.scoring import CooccurrenceScorer
@@ -441,8 +444,15 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
         cold_info = {"cold_test_cases": len(test) - len(warm_idx)}
         test = test.subset(warm_idx, "test-warm")
     t2 = time.time()
-    final_valid = evaluate(score, valid, (10, 20, 50), cfg.eval_batch_size, progress=progress)
-    final_test = evaluate(score, test, (10, 20, 50), cfg.eval_batch_size, progress=progress)
+    # the served ranking: LM logits + w x co-occurrence (model/blend.py), w chosen on validation; w = 0 is the LM
+    lm = last_batch(score)
+    cooc = neighbour_score_fn(fit_cooc(train_part), vocab)
+    weight, tried = choose_weight(lm, cooc, valid, cfg.eval_batch_size, progress=progress)
+    save_blend(out / "model", weight, tried)
+    log.info("blend: cooc_weight %s (validation NDCG@10 %.4f, the LM alone %.4f)", weight, tried[weight], tried[0.0])
+    fns = {"served": blend_score_fn(lm, cooc, weight), "lm": lm}
+    final_valid = evaluate_many(fns, valid, (10, 20, 50), cfg.eval_batch_size, progress=progress)
+    final_test = evaluate_many(fns, test, (10, 20, 50), cfg.eval_batch_size, progress=progress)
     eval_seconds = time.time() - t2
 
     if cold:
@@ -454,8 +464,10 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
                "final_eval_seconds": round(eval_seconds, 1),
                "seconds_per_epoch": round(sum(h["train_s"] for h in history) / max(len(history), 1), 2),
                "device": str(device), "torch_threads": torch.get_num_threads(), "data": data_info,
-               "valid": final_valid, "test": final_test, **cold_info, "history": history}
+               "cooc_weight": weight, "valid": final_valid["served"], "test": final_test["served"],
+               "valid_lm_only": final_valid["lm"], "test_lm_only": final_test["lm"], **cold_info, "history": history}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    final_test = final_test["served"]
     plot_history(history, out / "valid_ndcg.png",
                  f"{dataset_name or 'data'} {version}: test NDCG@10 {final_test['NDCG@10']:.4f}")
     log.info("test (all %d users): %s", final_test["users"],

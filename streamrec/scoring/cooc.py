@@ -119,20 +119,33 @@ class CooccurrenceScorer:
         return self
 
     # --- scoring --------------------------------------------------------------------------------
-    def score_one(self, req: ScoreRequest) -> list[tuple[str, float]]:
+    def neighbour_scores(self, history: Sequence[str]) -> dict[str, float]:
+        """The co-occurrence part of the score (no popularity term) of every neighbour of the recent history: what
+        ``score_one`` ranks, and what ``serve.lm.LMScorer`` adds to the model's logits when it blends."""
         # The hot loop of the default scorer (one call per event): locals and dict.get instead of attribute and
         # Counter lookups.
         pop = self.pop
         scores: dict[str, float] = {}
         get = scores.get
         weight = 1.0
-        for h in reversed(req.history[-self.window:]):
+        for h in reversed(history[-self.window:]):
             row = self._neighbors(h)
             if row:
                 wh = weight / math.sqrt(pop.get(h, 0) or 1)
                 for c, v in row:
                     scores[c] = get(c, 0.0) + wh * v
             weight *= self.decay
+        return scores
+
+    def blend_scores(self, histories: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """``neighbour_scores`` of several histories, under the lock (called from the model's thread while
+        ``observe`` runs on the event loop)."""
+        with self._lock:
+            return [self.neighbour_scores(h) for h in histories]
+
+    def score_one(self, req: ScoreRequest) -> list[tuple[str, float]]:
+        pop = self.pop
+        scores = self.neighbour_scores(req.history)
         norm = math.log1p(self._max_pop) or 1.0
         pw = self.popularity_weight / norm
         exclude = req.exclude

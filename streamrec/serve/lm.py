@@ -22,6 +22,11 @@ the single call, for batches of at least N requests, for one call per padded wid
 mostly padding, which on a CPU costs real time -- 1.45-2.6x throughput at batch 64-1024 with N=32 in
 docs/benchmarks.md; below ~32 requests the extra calls cost more than the padding. On a GPU keep it off.
 
+Blend: the ranking is the model's logits plus ``cooc_weight`` x the fallback's co-occurrence scores of the
+history's neighbour items (``model/blend.py``; the weight is the one ``streamrec train`` chose on validation and
+saved as ``blend.json``; 0 or no file = the model alone). The fallback's counts keep learning online, so the blend
+follows the stream between retrainings. The bonus is sparse (only neighbours) and added before the top-k.
+
 Empty histories (no item the model knows): the model has never been trained to predict a first item, so those
 requests are answered from a popularity prior instead and marked ``fallback=True`` (reason ``empty-history``):
 counts of the items seen by ``observe`` (``popularity.Popularity``: total and top-N maintained per count, bounded
@@ -65,7 +70,8 @@ import numpy as np
 from streamrec import metrics
 from streamrec.serve.backends import OrtBackend
 from streamrec.serve.popularity import Popularity
-from streamrec.model.artifacts import ENCODER_SUBDIR, FILES, is_current, model_fingerprint, onnx_dir, resolve_model_dir
+from streamrec.model.artifacts import (ENCODER_SUBDIR, FILES, is_current, model_fingerprint, onnx_dir, read_blend,
+                                      resolve_model_dir)
 from streamrec.model.vocab import PAD, ItemVocab
 from streamrec.scoring import CooccurrenceScorer, ScoreRequest, Scored
 
@@ -184,7 +190,7 @@ class LMScorer:
     def __init__(self, model_dir: str | Path, backend: str = "auto", *, device: str | None = None,
                  threads: int | None = None, max_len: int | None = None, fallback: Any = None,
                  embed_fn: Callable[[list[str]], Any] | None = None, onnx_path: str | Path | None = None,
-                 export_if_missing: bool = True, group_lengths: int = 0):
+                 export_if_missing: bool = True, group_lengths: int = 0, cooc_weight: float | None = None):
         self.model_dir, artefacts = resolve_model_dir(model_dir)
         self.backend_name = resolve_backend(backend)
         self.model = _load_model(self.model_dir, self.backend_name)
@@ -215,6 +221,9 @@ class LMScorer:
         self.popularity.update({str(k): int(v) for k, v in
                                 _read_json(self.model_dir / "popularity.json", artefacts / "popularity.json").items()})
         self.cold_start_added = 0
+        # the served ranking adds the fallback's online co-occurrence scores, weighted as validated (model/blend.py)
+        self.cooc_weight = float(cooc_weight if cooc_weight is not None
+                                 else read_blend(self.model_dir).get("cooc_weight", 0.0))
         self.backend = self._make_backend(device, onnx_path, export_if_missing)
         self._refresh_table()
 
@@ -300,11 +309,27 @@ class LMScorer:
             excl_c.extend(cols)
         excl = (np.asarray(excl_r, dtype=np.int64), np.asarray(excl_c, dtype=np.int64))
         k = max(requests[i].k for i in rows)
-        vals, idx = self.backend.topk(ids, mask, excl, k)   # the model call
+        vals, idx = self.backend.topk(ids, mask, excl, k, self._blend_bonus(rows, requests))   # the model call
         names = self.vocab.items
         for j, i in enumerate(rows):
             items = [(names[t], float(s)) for s, t in zip(vals[j], idx[j]) if np.isfinite(s)]
             out[i] = Scored(items[: requests[i].k], self.name, self.version)
+
+    def _blend_bonus(self, rows: list[int], requests: Sequence[ScoreRequest]):
+        """(rows, cols, values): ``cooc_weight`` x the fallback's co-occurrence scores of each request's neighbour
+        items (``model/blend.py``), or None when the model was not validated with a blend."""
+        if not self.cooc_weight or not hasattr(self.fallback, "blend_scores"):
+            return None
+        tok, w = self.vocab.id_to_token, self.cooc_weight
+        r, c, v = [], [], []
+        for j, scores in enumerate(self.fallback.blend_scores([requests[i].history for i in rows])):
+            for item, s in scores.items():
+                t = tok.get(item)
+                if t is not None:
+                    r.append(j)
+                    c.append(t)
+                    v.append(w * s)
+        return np.asarray(r, dtype=np.int64), np.asarray(c, dtype=np.int64), np.asarray(v, dtype=np.float32)
 
     def observe(self, history: Sequence[str], item_id: str) -> None:
         with self._pop_lock:
@@ -431,6 +456,7 @@ class LMScorer:
 
     def info(self) -> dict[str, Any]:
         return {"scorer": self.name, "version": self.version, "backend": self.backend_name,
+                "cooc_weight": self.cooc_weight,
                 "items": len(self.vocab), "cold_start_added": self.cold_start_added, "buckets": self.buckets,
                 "model_calls": self.backend.calls}
 

@@ -201,8 +201,15 @@ def test_save_load_round_trip_identical_scores(trained, data):
     split = leave_one_out(data, vocab, "test")
     h = split.histories[:32]
     assert torch.equal(lm_score_fn(model, 50)(h), lm_score_fn(again, 50)(h))
-    # and the reloaded best model reproduces the reported test metrics exactly
+    # and the reloaded best model reproduces the reported test metrics exactly: alone, and blended as served
     m = evaluate(lm_score_fn(model, 50), split, (10, 20, 50), progress=False)
+    assert m["NDCG@10"] == pytest.approx(metrics["test_lm_only"]["NDCG@10"], abs=1e-12)
+    from streamrec.model.artifacts import read_blend
+    from streamrec.model.blend import blend_score_fn, fit_cooc, neighbour_score_fn
+    w = read_blend(out)["cooc_weight"]
+    assert w == metrics["cooc_weight"]
+    served = blend_score_fn(lm_score_fn(model, 50), neighbour_score_fn(fit_cooc(train_sequences(data)), vocab), w)
+    m = evaluate(served, split, (10, 20, 50), progress=False)
     assert m["NDCG@10"] == pytest.approx(metrics["test"]["NDCG@10"], abs=1e-12)
 
 
