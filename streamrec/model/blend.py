@@ -1,17 +1,25 @@
-"""The served ranking: the item LM's logits plus a weighted co-occurrence score, the weight chosen on validation.
+"""The served ranking: the item LM's logits plus weighted bonuses, the weights chosen on validation.
 
-    score(c) = logit_LM(c | history) + w * cooc(c | history)
+    score(c) = logit_LM(c | history)
+               + w_cooc * cooc(c | history)                          every item
+               + w_text * cos(title(c), mean title of the last 5)     only items with < young_below interactions
 
 ``cooc`` is ``CooccurrenceScorer.neighbour_scores`` (the cosine-normalised co-occurrence of c with the user's recent
 items, 0 for items that never co-occurred with them): the same object the worker keeps current online as the LM's
 fallback. The two are complementary: the LM generalises across sequences, the counts remember exact pairs the LM
-under-fits (a bought-together accessory). Adding to the logits rather than to the log-softmax changes nothing within
-a row (log-softmax = logits - a per-row constant), so the worker can add the bonus in front of its top-k.
+under-fits (a bought-together accessory).
 
-``w`` is chosen on the **validation** split only (grid ``WEIGHTS``, then one refinement around the best), with the
-counts fitted on the training part (``items[:-2]``); ``w = 0`` (the LM alone) is always a candidate, so a blend that
-does not help on validation is not used. The choice is saved as ``blend.json`` in the model directory
-(``artifacts.BLEND_FILE``), which ``streamrec eval`` and the worker read.
+The title term is the cold-start blend (text-aware models only): an item the model has seen fewer than
+``young_below`` times -- above all one that arrived on the items topic after training -- has an embedding learnt
+from too little, so its title's similarity to what the user just chose stands in until it has interactions.
+
+Adding to the logits rather than to the log-softmax changes nothing within a row (log-softmax = logits - a per-row
+constant), so the worker adds the bonuses in front of its top-k (``serve.lm.LMScorer``).
+
+The weights are chosen on the **validation** split only: one grid per term (``WEIGHTS``, then a refinement around
+the best), in turn, with the counts fitted on the training part (``items[:-2]``). A weight of 0 is always a
+candidate, so a term that does not help on validation is not used. The choice is saved as ``blend.json`` in the
+model directory (``artifacts.BLEND_FILE``), which ``streamrec eval`` and the worker read.
 """
 
 from __future__ import annotations
@@ -24,13 +32,15 @@ from typing import Mapping, Sequence
 import torch
 
 from streamrec.model.artifacts import BLEND_FILE
-from streamrec.model.evaluate import ScoreFn, Split, evaluate_many
-from streamrec.model.itemlm import ItemVocab
+from streamrec.model.evaluate import ScoreFn, Split, evaluate_many, popularity_counts, text_similarity_score_fn
+from streamrec.model.itemlm import PAD, ItemVocab
 from streamrec.scoring import CooccurrenceScorer
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+YOUNG_BELOW = 5      # interactions before an item's own embedding is trusted alone (the 5-core threshold)
+TEXT_WINDOW = 5      # history items whose titles make the query
 
 
 def last_batch(fn: ScoreFn) -> ScoreFn:
@@ -61,10 +71,33 @@ def neighbour_score_fn(scorer: CooccurrenceScorer, vocab: ItemVocab) -> ScoreFn:
     return score
 
 
-def blend_score_fn(lm_fn: ScoreFn, cooc_fn: ScoreFn, weight: float) -> ScoreFn:
-    if not weight:
+def young_items(counts: torch.Tensor, item_text: torch.Tensor, young_below: int = YOUNG_BELOW) -> torch.Tensor:
+    """[n_items + 1] bool: items with a title and fewer than ``young_below`` interactions in ``counts``."""
+    young = (counts < young_below) & (item_text.abs().sum(dim=1) > 0)
+    young[PAD] = False
+    return young
+
+
+def young_text_score_fn(item_text: torch.Tensor, young: torch.Tensor, window: int = TEXT_WINDOW) -> ScoreFn:
+    """[B, n_items + 1]: title similarity to the last ``window`` history items, for the ``young`` items only."""
+    sim = text_similarity_score_fn(item_text, window)
+    mask = young.float()
+    return lambda histories: sim(histories) * mask
+
+
+def blend_score_fn(lm_fn: ScoreFn, parts: Mapping[str, ScoreFn], weights: Mapping[str, float]) -> ScoreFn:
+    """LM logits + sum of weight x part (parts with weight 0 are not computed)."""
+    used = [(parts[name], w) for name, w in weights.items() if w and name in parts]
+    if not used:
         return lm_fn
-    return lambda histories: lm_fn(histories) + weight * cooc_fn(histories)
+
+    def score(histories: list[list[int]]) -> torch.Tensor:
+        out = lm_fn(histories).clone()
+        for fn, w in used:
+            out += w * fn(histories)
+        return out
+
+    return score
 
 
 def fit_cooc(train_part: Mapping[str, Sequence[str]]) -> CooccurrenceScorer:
@@ -73,24 +106,51 @@ def fit_cooc(train_part: Mapping[str, Sequence[str]]) -> CooccurrenceScorer:
     return CooccurrenceScorer().fit(train_part.values())
 
 
-def choose_weight(lm_fn: ScoreFn, cooc_fn: ScoreFn, valid: Split, batch_size: int = 512,
-                  progress: bool = True) -> tuple[float, dict[float, float]]:
-    """The weight with the best validation NDCG@10 (ties: the smaller weight), and NDCG@10 per weight tried."""
-    lm_fn, cooc_fn = last_batch(lm_fn), last_batch(cooc_fn)
+def blend_parts(vocab: ItemVocab, train_part: Mapping[str, Sequence[str]],
+                item_text: torch.Tensor | None = None) -> dict[str, ScoreFn]:
+    """The bonus terms of a model trained on ``train_part``: the co-occurrence one always, the title one when the
+    model has item text."""
+    parts = {"cooc": neighbour_score_fn(fit_cooc(train_part), vocab)}
+    if item_text is not None:
+        young = young_items(popularity_counts(train_part.values(), vocab), item_text)
+        parts["text"] = young_text_score_fn(item_text, young)
+    return parts
 
-    def grid(weights) -> dict[float, float]:
-        fns = {w: blend_score_fn(lm_fn, cooc_fn, w) for w in weights}
-        return {w: m["NDCG@10"] for w, m in evaluate_many(fns, valid, (10,), batch_size, progress=progress).items()}
 
-    tried = grid(WEIGHTS)
-    best = max(sorted(tried), key=lambda w: tried[w])
-    if best:   # one refinement: halfway (geometrically) to the neighbours
-        tried.update(grid([round(best * f, 4) for f in (0.7071, 1.4142)]))
+def choose_weights(lm_fn: ScoreFn, parts: Mapping[str, ScoreFn], valid: Split, batch_size: int = 512,
+                   progress: bool = True) -> tuple[dict[str, float], dict[str, dict[float, float]]]:
+    """Per term in turn (the others fixed at their chosen weight): the weight with the best validation NDCG@10
+    (ties: the smaller). Returns the weights and, per term, NDCG@10 per weight tried."""
+    lm_fn = last_batch(lm_fn)
+    parts = {name: last_batch(fn) for name, fn in parts.items()}
+    weights = {name: 0.0 for name in parts}
+    tried_all: dict[str, dict[float, float]] = {}
+    for name in parts:
+        def grid(ws) -> dict[float, float]:
+            fns = {w: blend_score_fn(lm_fn, parts, {**weights, name: w}) for w in ws}
+            return {w: m["NDCG@10"] for w, m in evaluate_many(fns, valid, (10,), batch_size,
+                                                              progress=progress).items()}
+        tried = grid(WEIGHTS)
         best = max(sorted(tried), key=lambda w: tried[w])
-    return best, tried
+        if best:   # one refinement: halfway (geometrically) to the neighbours
+            tried.update(grid([round(best * f, 4) for f in (0.7071, 1.4142)]))
+            best = max(sorted(tried), key=lambda w: tried[w])
+        weights[name] = best
+        tried_all[name] = tried
+        log.info("blend: %s weight %s (validation NDCG@10 %.4f; without it %.4f)", name, best, tried[best],
+                 tried[0.0])
+    return weights, tried_all
 
 
-def save_blend(model_dir: str | Path, weight: float, tried: Mapping[float, float]) -> None:
-    (Path(model_dir) / BLEND_FILE).write_text(json.dumps(
-        {"cooc_weight": weight, "chosen_on": "validation NDCG@10",
-         "valid_ndcg10": {str(w): round(v, 6) for w, v in sorted(tried.items())}}, indent=2))
+def blend_record(weights: Mapping[str, float], tried: Mapping[str, Mapping[float, float]]) -> dict:
+    return {"cooc_weight": weights.get("cooc", 0.0), "text_weight": weights.get("text", 0.0),
+            "young_below": YOUNG_BELOW, "text_window": TEXT_WINDOW, "chosen_on": "validation NDCG@10",
+            "valid_ndcg10": {name: {str(w): round(v, 6) for w, v in sorted(t.items())} for name, t in tried.items()}}
+
+
+def save_blend(model_dir: str | Path, record: Mapping) -> None:
+    (Path(model_dir) / BLEND_FILE).write_text(json.dumps(record, indent=2))
+
+
+def saved_weights(record: Mapping) -> dict[str, float]:
+    return {"cooc": float(record.get("cooc_weight", 0.0)), "text": float(record.get("text_weight", 0.0))}

@@ -106,7 +106,7 @@ def cmd_train(args) -> int:
                       "stop_reason": m["stop_reason"], "train_seconds": m["train_seconds"],
                       "test": {k: round(t[k], 4) for k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "HR@50",
                                                            "NDCG@50", "MRR")}, "users": t["users"],
-                      "cooc_weight": m["cooc_weight"], "test_lm_only_NDCG@10": round(m["test_lm_only"]["NDCG@10"], 4)},
+                      "blend": m["blend"], "test_lm_only_NDCG@10": round(m["test_lm_only"]["NDCG@10"], 4)},
                      indent=2))
     return 0
 
@@ -144,23 +144,22 @@ def cmd_eval(args) -> int:
         score_fn = _baseline_score_fn(args.baseline, seqs, vocab, args.split)
         name = args.baseline
     split = leave_one_out(seqs, vocab, args.split, args.min_interactions)
-    blend = {}
-    if args.model and args.blend != "none":
-        blend = _blend(args, model, seqs, vocab, score_fn)
-    if blend.get("cooc_weight"):
-        from streamrec.model.blend import blend_score_fn, last_batch, neighbour_score_fn
+    weights = _blend(args, model, seqs, vocab, score_fn) if args.model and args.blend != "none" else {}
+    if any(weights.values()):
+        from streamrec.model.blend import blend_parts, blend_score_fn, last_batch
+        from streamrec.model.evaluate import train_sequences
         lm_fn = last_batch(score_fn)
-        fns = {"served": blend_score_fn(lm_fn, neighbour_score_fn(blend["cooc"], vocab), blend["cooc_weight"]),
-               "lm": lm_fn}
+        parts = blend_parts(vocab, train_sequences(seqs), model.item_text if model.config.text_dim else None)
+        fns = {"served": blend_score_fn(lm_fn, parts, weights), "lm": lm_fn}
         both = evaluate_many(fns, split, tuple(args.k), args.batch_size, keep_seen=args.keep_seen,
                              progress=not args.quiet)
-        m = {**both["served"], "cooc_weight": blend["cooc_weight"],
+        m = {**both["served"], "blend": weights,
              "lm_only": {k: v for k, v in both["lm"].items() if k[:2] in ("HR", "ND", "MR")}}
     else:
         m = evaluate(score_fn, split, tuple(args.k), args.batch_size, keep_seen=args.keep_seen,
                      progress=not args.quiet)
         if args.model:
-            m["cooc_weight"] = 0.0
+            m["blend"] = weights
     m = {"scorer": name, "data": str(args.data), **m}
     text = json.dumps(m, indent=2)
     print(text)
@@ -170,24 +169,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _blend(args, model, seqs, vocab, score_fn) -> dict:
-    """The co-occurrence blend of a model (``model/blend.py``): the saved weight, or (``--blend choose``) one chosen
-    now on the validation split and saved. Returns {"cooc_weight": w, "cooc": scorer fitted on items[:-2]}."""
+def _blend(args, model, seqs, vocab, score_fn) -> dict[str, float]:
+    """The blend weights of a model (``model/blend.py``): the saved ones, or (``--blend choose``) chosen now on the
+    validation split and saved."""
     from streamrec.model.artifacts import read_blend, resolve_model_dir
-    from streamrec.model.blend import choose_weight, fit_cooc, neighbour_score_fn, save_blend
+    from streamrec.model.blend import blend_parts, blend_record, choose_weights, save_blend, saved_weights
     from streamrec.model.evaluate import leave_one_out, train_sequences
 
     if args.blend == "saved":
-        weight = float(read_blend(args.model).get("cooc_weight", 0.0))
-        return {"cooc_weight": weight, "cooc": fit_cooc(train_sequences(seqs))} if weight else {}
-    cooc = fit_cooc(train_sequences(seqs))
+        return saved_weights(read_blend(args.model))
+    parts = blend_parts(vocab, train_sequences(seqs), model.item_text if model.config.text_dim else None)
     valid = leave_one_out(seqs, vocab, "valid", args.min_interactions)
-    weight, tried = choose_weight(score_fn, neighbour_score_fn(cooc, vocab), valid, args.batch_size,
-                                  progress=not args.quiet)
-    save_blend(resolve_model_dir(args.model)[0], weight, tried)
-    print(f"blend: cooc_weight {weight} (validation NDCG@10 {tried[weight]:.4f}, LM alone {tried[0.0]:.4f})",
-          file=sys.stderr)
-    return {"cooc_weight": weight, "cooc": cooc}
+    weights, tried = choose_weights(score_fn, parts, valid, args.batch_size, progress=not args.quiet)
+    save_blend(resolve_model_dir(args.model)[0], blend_record(weights, tried))
+    last = list(tried)[-1]
+    print(f"blend: {weights} (validation NDCG@10 {tried[last][weights[last]]:.4f}, "
+          f"the LM alone {tried[next(iter(tried))][0.0]:.4f})", file=sys.stderr)
+    return weights
 
 
 def cmd_coldstart(args) -> int:
@@ -282,9 +280,10 @@ def register(sub) -> None:
     e.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     e.add_argument("--num-threads", type=int, default=2)
     e.add_argument("--blend", choices=["saved", "choose", "none"], default="saved",
-                   help="--model: rank by the LM logits + w x co-occurrence score, as the worker serves it. saved: "
-                        "the weight in the model's blend.json (none there: the LM alone); choose: pick w on the "
-                        "validation split now and save it; none: the LM alone")
+                   help="--model: rank as the worker serves: the LM logits + weighted co-occurrence and (text-aware "
+                        "models) young-item title bonuses. saved: the weights in the model's blend.json (none "
+                        "there: the LM alone); choose: pick them on the validation split now and save them; none: "
+                        "the LM alone")
     e.add_argument("--json", help="also write the metrics to this file")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)

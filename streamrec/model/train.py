@@ -37,7 +37,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from streamrec.model.blend import blend_score_fn, choose_weight, fit_cooc, last_batch, neighbour_score_fn, save_blend
+from streamrec.model.blend import blend_parts, blend_record, blend_score_fn, choose_weights, last_batch, save_blend
 from streamrec.model.evaluate import build_vocab, evaluate, evaluate_many, leave_one_out, lm_score_fn, train_sequences
 from streamrec.model.itemlm import PAD, ItemLM, ItemVocab
 from streamrec.model.train_config import TrainConfig
@@ -444,13 +444,13 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
         cold_info = {"cold_test_cases": len(test) - len(warm_idx)}
         test = test.subset(warm_idx, "test-warm")
     t2 = time.time()
-    # the served ranking: LM logits + w x co-occurrence (model/blend.py), w chosen on validation; w = 0 is the LM
+    # the served ranking: LM logits + weighted bonus terms (model/blend.py), weights chosen on validation
     lm = last_batch(score)
-    cooc = neighbour_score_fn(fit_cooc(train_part), vocab)
-    weight, tried = choose_weight(lm, cooc, valid, cfg.eval_batch_size, progress=progress)
-    save_blend(out / "model", weight, tried)
-    log.info("blend: cooc_weight %s (validation NDCG@10 %.4f, the LM alone %.4f)", weight, tried[weight], tried[0.0])
-    fns = {"served": blend_score_fn(lm, cooc, weight), "lm": lm}
+    parts = blend_parts(vocab, train_part, best_model.item_text if best_model.config.text_dim else None)
+    weights, tried = choose_weights(lm, parts, valid, cfg.eval_batch_size, progress=progress)
+    blend = blend_record(weights, tried)
+    save_blend(out / "model", blend)
+    fns = {"served": blend_score_fn(lm, parts, weights), "lm": lm}
     final_valid = evaluate_many(fns, valid, (10, 20, 50), cfg.eval_batch_size, progress=progress)
     final_test = evaluate_many(fns, test, (10, 20, 50), cfg.eval_batch_size, progress=progress)
     eval_seconds = time.time() - t2
@@ -464,7 +464,8 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
                "final_eval_seconds": round(eval_seconds, 1),
                "seconds_per_epoch": round(sum(h["train_s"] for h in history) / max(len(history), 1), 2),
                "device": str(device), "torch_threads": torch.get_num_threads(), "data": data_info,
-               "cooc_weight": weight, "valid": final_valid["served"], "test": final_test["served"],
+               "blend": {k: blend[k] for k in ("cooc_weight", "text_weight", "young_below")},
+               "valid": final_valid["served"], "test": final_test["served"],
                "valid_lm_only": final_valid["lm"], "test_lm_only": final_test["lm"], **cold_info, "history": history}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     final_test = final_test["served"]

@@ -3,8 +3,8 @@ serves with it). The torch backends (CPU fp32, CUDA bf16 / fp8 / int8) are in ``
 
 A backend holds one copy of the model for one device and precision, takes the item table as data
 (``set_table``: new cold-start items need no re-export) and answers ``topk(ids, mask, exclusions, k, bonus)`` for
-a padded batch in one call (``bonus``: optional sparse (rows, cols, values) added to the logits first -- the
-co-occurrence blend).
+a padded batch in one call (``bonus``: sparse terms (rows, cols, values) added to the logits first -- the blend of
+``model/blend.py``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ def spare_capacity(n: int) -> int:
     return n + max(256, n // 4)
 
 
+Bonus = list[tuple[np.ndarray, np.ndarray, np.ndarray]]   # sparse terms (rows, cols, values), each without repeats
+
+
 def _np_topk(logits: np.ndarray, excl: tuple[np.ndarray, np.ndarray], k: int,
-             bonus: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    if bonus is not None and len(bonus[0]):   # (rows, cols, values): one entry per (row, item) at most
-        logits[bonus[0], bonus[1]] += bonus[2]
+             bonus: Bonus = ()) -> tuple[np.ndarray, np.ndarray]:
+    for rows, cols, values in bonus:
+        logits[rows, cols] += values
     if len(excl[0]):
         logits[excl] = -np.inf
     k = min(k, logits.shape[1])
@@ -73,5 +76,5 @@ class OrtBackend:
         self.calls += 1
         return self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask, "item_table": self.table})[0]
 
-    def topk(self, ids, mask, excl, k, bonus=None):
+    def topk(self, ids, mask, excl, k, bonus: Bonus = ()):
         return _np_topk(self.logits(ids, mask), excl, k, bonus)

@@ -22,10 +22,9 @@ the single call, for batches of at least N requests, for one call per padded wid
 mostly padding, which on a CPU costs real time -- 1.45-2.6x throughput at batch 64-1024 with N=32 in
 docs/benchmarks.md; below ~32 requests the extra calls cost more than the padding. On a GPU keep it off.
 
-Blend: the ranking is the model's logits plus ``cooc_weight`` x the fallback's co-occurrence scores of the
-history's neighbour items (``model/blend.py``; the weight is the one ``streamrec train`` chose on validation and
-saved as ``blend.json``; 0 or no file = the model alone). The fallback's counts keep learning online, so the blend
-follows the stream between retrainings. The bonus is sparse (only neighbours) and added before the top-k.
+Blend: the ranking is the model's logits plus the bonus terms ``streamrec train`` validated with it (``blend.json``,
+``model/blend.py``): co-occurrence with the recent items from the fallback's online counts, and, for a text-aware
+model, title similarity for items with fewer than a few interactions (``serve/blend.py``). No file: the model alone.
 
 Empty histories (no item the model knows): the model has never been trained to predict a first item, so those
 requests are answered from a popularity prior instead and marked ``fallback=True`` (reason ``empty-history``):
@@ -69,6 +68,7 @@ import numpy as np
 
 from streamrec import metrics
 from streamrec.serve.backends import OrtBackend
+from streamrec.serve.blend import ServedBlend
 from streamrec.serve.popularity import Popularity
 from streamrec.model.artifacts import (ENCODER_SUBDIR, FILES, is_current, model_fingerprint, onnx_dir, read_blend,
                                       resolve_model_dir)
@@ -190,7 +190,8 @@ class LMScorer:
     def __init__(self, model_dir: str | Path, backend: str = "auto", *, device: str | None = None,
                  threads: int | None = None, max_len: int | None = None, fallback: Any = None,
                  embed_fn: Callable[[list[str]], Any] | None = None, onnx_path: str | Path | None = None,
-                 export_if_missing: bool = True, group_lengths: int = 0, cooc_weight: float | None = None):
+                 export_if_missing: bool = True, group_lengths: int = 0, cooc_weight: float | None = None,
+                 text_weight: float | None = None):
         self.model_dir, artefacts = resolve_model_dir(model_dir)
         self.backend_name = resolve_backend(backend)
         self.model = _load_model(self.model_dir, self.backend_name)
@@ -218,12 +219,15 @@ class LMScorer:
         self._prior: np.ndarray | None = None
         self.popularity = Popularity()
         self._pop_lock = threading.Lock()
-        self.popularity.update({str(k): int(v) for k, v in
-                                _read_json(self.model_dir / "popularity.json", artefacts / "popularity.json").items()})
+        counts = {str(k): int(v) for k, v in
+                  _read_json(self.model_dir / "popularity.json", artefacts / "popularity.json").items()}
+        self.popularity.update(counts)
         self.cold_start_added = 0
-        # the served ranking adds the fallback's online co-occurrence scores, weighted as validated (model/blend.py)
-        self.cooc_weight = float(cooc_weight if cooc_weight is not None
-                                 else read_blend(self.model_dir).get("cooc_weight", 0.0))
+        # the served ranking adds the bonus terms validated with the model (blend.json, serve/blend.py)
+        self.blend = ServedBlend(read_blend(self.model_dir), cooc_weight, text_weight)
+        for item_id, n in counts.items():
+            if item_id in self.vocab:
+                self.blend.count(self.vocab.id_to_token[item_id], n)
         self.backend = self._make_backend(device, onnx_path, export_if_missing)
         self._refresh_table()
 
@@ -272,6 +276,8 @@ class LMScorer:
     def _refresh_table(self) -> None:
         self.backend.set_table(_item_table(self.model))
         self._prior = None
+        if self.model.config.text_dim:
+            self.blend.set_text(self.model.item_text)
 
     # --- Scorer protocol --------------------------------------------------------------------------------------
     def score(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
@@ -309,31 +315,20 @@ class LMScorer:
             excl_c.extend(cols)
         excl = (np.asarray(excl_r, dtype=np.int64), np.asarray(excl_c, dtype=np.int64))
         k = max(requests[i].k for i in rows)
-        vals, idx = self.backend.topk(ids, mask, excl, k, self._blend_bonus(rows, requests))   # the model call
+        bonus = self.blend.bonus([tokens[i] for i in rows], [requests[i].history for i in rows], self.vocab,
+                                 self.fallback)
+        vals, idx = self.backend.topk(ids, mask, excl, k, bonus)   # the model call
         names = self.vocab.items
         for j, i in enumerate(rows):
             items = [(names[t], float(s)) for s, t in zip(vals[j], idx[j]) if np.isfinite(s)]
             out[i] = Scored(items[: requests[i].k], self.name, self.version)
 
-    def _blend_bonus(self, rows: list[int], requests: Sequence[ScoreRequest]):
-        """(rows, cols, values): ``cooc_weight`` x the fallback's co-occurrence scores of each request's neighbour
-        items (``model/blend.py``), or None when the model was not validated with a blend."""
-        if not self.cooc_weight or not hasattr(self.fallback, "blend_scores"):
-            return None
-        tok, w = self.vocab.id_to_token, self.cooc_weight
-        r, c, v = [], [], []
-        for j, scores in enumerate(self.fallback.blend_scores([requests[i].history for i in rows])):
-            for item, s in scores.items():
-                t = tok.get(item)
-                if t is not None:
-                    r.append(j)
-                    c.append(t)
-                    v.append(w * s)
-        return np.asarray(r, dtype=np.int64), np.asarray(c, dtype=np.int64), np.asarray(v, dtype=np.float32)
-
     def observe(self, history: Sequence[str], item_id: str) -> None:
         with self._pop_lock:
             self.popularity.add(item_id)
+        token = self.vocab.id_to_token.get(item_id)
+        if token is not None:
+            self.blend.count(token)
         if self.fallback is not None:   # keep the fallback as current as it would be on its own
             self.fallback.observe(history, item_id)
 
@@ -390,6 +385,8 @@ class LMScorer:
             rows = _item_table(self.model, new)
             if not self.backend.append_rows(rows):   # past the backend's spare capacity: one full upload
                 self._refresh_table()
+            elif self.model.config.text_dim:
+                self.blend.set_text(self.model.item_text)
             self._prior = None   # the model prior covers every item: recomputed on its next use
             with self._pending_lock:
                 for item_id, title in pending:
@@ -456,7 +453,7 @@ class LMScorer:
 
     def info(self) -> dict[str, Any]:
         return {"scorer": self.name, "version": self.version, "backend": self.backend_name,
-                "cooc_weight": self.cooc_weight,
+                **self.blend.info(),
                 "items": len(self.vocab), "cold_start_added": self.cold_start_added, "buckets": self.buckets,
                 "model_calls": self.backend.calls}
 

@@ -278,11 +278,11 @@ class TorchBackend:
         return self._logits(ids, mask)[:, : self.n_table].cpu().numpy()
 
     @torch.inference_mode()
-    def topk(self, ids, mask, excl, k, bonus=None):
+    def topk(self, ids, mask, excl, k, bonus=()):
         logits = self._logits(ids, mask)
-        if bonus is not None and len(bonus[0]):
-            at = (torch.from_numpy(bonus[0]).to(self.device), torch.from_numpy(bonus[1]).to(self.device))
-            logits.index_put_(at, torch.from_numpy(bonus[2]).to(self.device, logits.dtype), accumulate=True)
+        for rows, cols, values in bonus:   # the blend's sparse terms (backends.Bonus)
+            at = (torch.from_numpy(rows).to(self.device), torch.from_numpy(cols).to(self.device))
+            logits.index_put_(at, torch.from_numpy(values).to(self.device, logits.dtype), accumulate=True)
         if len(excl[0]):
             rows = torch.from_numpy(excl[0]).to(self.device, non_blocking=True)
             cols = torch.from_numpy(excl[1]).to(self.device, non_blocking=True)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from streamrec.model.blend import blend_score_fn, choose_weight, last_batch, neighbour_score_fn, save_blend
+from streamrec.model.blend import (blend_record, blend_score_fn, choose_weights, last_batch, neighbour_score_fn,
+                                   save_blend, young_items, young_text_score_fn)
 from streamrec.model.evaluate import Split, evaluate, evaluate_many, lm_score_fn
 from streamrec.model.export import export
 from streamrec.model.itemlm import ItemLM, ItemLMConfig, ItemVocab
@@ -25,12 +26,19 @@ def item(i: int) -> str:
     return f"sku-{i}"
 
 
+TEXT_DIM = 8
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("itemlm-blend")
     torch.manual_seed(1)
     model = ItemLM(ItemLMConfig(n_items=N_ITEMS, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                num_key_value_heads=2, intermediate_size=32, max_position_embeddings=16))
+                                num_key_value_heads=2, intermediate_size=32, max_position_embeddings=16,
+                                text_dim=TEXT_DIM))
+    with torch.no_grad():
+        model.item_text.normal_()
+        model.item_text[N_ITEMS - 5:] = 0   # tokens 55-60 have no title
     model.save_pretrained(d)
     ItemVocab(item(i) for i in range(1, N_ITEMS + 1)).save(d)
     export(d, ("fp32",), threads=1)
@@ -56,12 +64,21 @@ def test_neighbour_scores_are_score_one_without_the_popularity_term(cooc):
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_the_worker_serves_the_ranking_that_was_evaluated(model_dir, cooc, backend):
-    w = 3.0
-    scorer = LMScorer(model_dir, backend, threads=1, fallback=cooc, cooc_weight=w)
+    """Both terms: co-occurrence from the fallback, titles for the young items (fewer than 5 counted: here every
+    item from 30 on, counted 0 times, and items 1-29 counted 3 or 9 times)."""
+    wc, wt = 3.0, 4.0
+    scorer = LMScorer(model_dir, backend, threads=1, fallback=cooc, cooc_weight=wc, text_weight=wt)
     model = ItemLM.from_pretrained(model_dir).eval()
     vocab = ItemVocab.load(model_dir)
-    histories = [[2, 5, 9], [11, 1], [40, 41, 3, 7]]
-    want = blend_score_fn(lm_score_fn(model, 16), neighbour_score_fn(cooc, vocab), w)(histories)
+    counts = torch.zeros(N_ITEMS + 1)
+    for t in range(1, 30):
+        counts[t] = 3 if t % 2 else 9
+        scorer.blend.count(t, int(counts[t]))
+    young = young_items(counts, model.item_text)
+    assert young[30:N_ITEMS - 5].all() and not young[N_ITEMS - 5:].any() and young[1:30].sum() == 15
+    parts = {"cooc": neighbour_score_fn(cooc, vocab), "text": young_text_score_fn(model.item_text, young)}
+    histories = [[2, 5, 9], [11, 1], [40, 41, 3, 7], [33]]
+    want = blend_score_fn(lm_score_fn(model, 16), parts, {"cooc": wc, "text": wt})(histories)
     reqs = [ScoreRequest(f"u{j}", tuple(vocab.items[t] for t in h), 10, frozenset(vocab.items[t] for t in h))
             for j, h in enumerate(histories)]
     for row, (h, got) in enumerate(zip(histories, scorer.score(reqs))):
@@ -75,16 +92,24 @@ def test_the_worker_serves_the_ranking_that_was_evaluated(model_dir, cooc, backe
     assert any(cooc.neighbour_scores(r.history) for r in reqs), "the blend must have had something to add"
 
 
-def test_blend_json_sets_the_weight_and_no_file_serves_the_lm_alone(model_dir, cooc, tmp_path):
+def test_an_item_stops_being_young_once_the_worker_has_counted_enough(model_dir, cooc):
+    scorer = LMScorer(model_dir, "torch", threads=1, fallback=cooc, text_weight=1.0)
+    assert 45 in scorer.blend.young()
+    for _ in range(5):
+        scorer.observe((item(1),), item(45))
+    assert 45 not in scorer.blend.young()
+
+
+def test_blend_json_sets_the_weights_and_no_file_serves_the_lm_alone(model_dir, cooc, tmp_path):
     plain = LMScorer(model_dir, "torch", threads=1, fallback=cooc)
-    assert plain.cooc_weight == 0.0
+    assert plain.info()["cooc_weight"] == 0.0 and plain.info()["text_weight"] == 0.0
     req = [ScoreRequest("u", (item(2), item(3)), 10)]
     blended_dir = tmp_path / "m"
     shutil.copytree(model_dir, blended_dir)
-    save_blend(blended_dir, 5.0, {0.0: 0.1, 5.0: 0.2})
+    save_blend(blended_dir, blend_record({"cooc": 5.0, "text": 0.5}, {"cooc": {0.0: 0.1, 5.0: 0.2}}))
     assert json.loads((blended_dir / "blend.json").read_text())["cooc_weight"] == 5.0
     blended = LMScorer(blended_dir, "torch", threads=1, fallback=cooc)
-    assert blended.cooc_weight == 5.0 and blended.info()["cooc_weight"] == 5.0
+    assert blended.info()["cooc_weight"] == 5.0 and blended.info()["text_weight"] == 0.5
     a, b = plain.score(req)[0].items, blended.score(req)[0].items
     assert a != b, "a weight of 5 on a dense co-occurrence corner must change the list"
     assert a == LMScorer(model_dir, "torch", threads=1, fallback=cooc, cooc_weight=0).score(req)[0].items
@@ -120,10 +145,11 @@ def test_choose_weight_uses_the_counts_when_they_help_and_never_when_they_hurt()
             s[r, target_of[tuple(h)] % split.n_items + 1] = 1.0
         return s
 
-    w, tried = choose_weight(lm, oracle, split, batch_size=64, progress=False)
-    assert w > 0 and tried[w] > tried[0.0]
-    w, tried = choose_weight(lm, misleading, split, batch_size=64, progress=False)
-    assert w == 0.0 and tried[0.0] == max(tried.values())
+    w, tried = choose_weights(lm, {"cooc": oracle}, split, batch_size=64, progress=False)
+    assert w["cooc"] > 0 and tried["cooc"][w["cooc"]] > tried["cooc"][0.0]
+    w, tried = choose_weights(lm, {"cooc": misleading, "text": oracle}, split, batch_size=64, progress=False)
+    assert w["cooc"] == 0.0 and tried["cooc"][0.0] == max(tried["cooc"].values())
+    assert w["text"] > 0, "each term is chosen in turn"
 
 
 def test_evaluate_many_equals_evaluate_per_function_and_shares_each_batch():

@@ -205,10 +205,10 @@ def test_save_load_round_trip_identical_scores(trained, data):
     m = evaluate(lm_score_fn(model, 50), split, (10, 20, 50), progress=False)
     assert m["NDCG@10"] == pytest.approx(metrics["test_lm_only"]["NDCG@10"], abs=1e-12)
     from streamrec.model.artifacts import read_blend
-    from streamrec.model.blend import blend_score_fn, fit_cooc, neighbour_score_fn
-    w = read_blend(out)["cooc_weight"]
-    assert w == metrics["cooc_weight"]
-    served = blend_score_fn(lm_score_fn(model, 50), neighbour_score_fn(fit_cooc(train_sequences(data)), vocab), w)
+    from streamrec.model.blend import blend_parts, blend_score_fn, saved_weights
+    w = saved_weights(read_blend(out))
+    assert w["cooc"] == metrics["blend"]["cooc_weight"] and w["text"] == 0.0   # an id-only model: no title term
+    served = blend_score_fn(lm_score_fn(model, 50), blend_parts(vocab, train_sequences(data)), w)
     m = evaluate(served, split, (10, 20, 50), progress=False)
     assert m["NDCG@10"] == pytest.approx(metrics["test"]["NDCG@10"], abs=1e-12)
 
