@@ -188,6 +188,22 @@ def _blend(args, model, seqs, vocab, score_fn) -> dict[str, float]:
     return weights
 
 
+def _served_blend(run: Path, model, vocab, seqs) -> dict:
+    """{"served": wrap}: the model's score function blended as the worker serves it (the run's blend.json weights;
+    co-occurrence counts and item ages from the training part, where the cold items have no interactions)."""
+    from streamrec.model.artifacts import read_blend
+    from streamrec.model.blend import blend_parts, blend_score_fn, saved_weights
+    from streamrec.model.evaluate import train_sequences
+
+    weights = saved_weights(read_blend(run))
+    if not any(weights.values()):
+        return {}
+    cold = set(json.loads((run / "cold_items.json").read_text()))
+    train_part = {u: [i for i in s if i not in cold] for u, s in train_sequences(seqs).items()}
+    parts = blend_parts(vocab, train_part, model.item_text if model.config.text_dim else None)
+    return {"served": lambda fn: blend_score_fn(fn, parts, weights)}
+
+
 def cmd_coldstart(args) -> int:
     import torch
 
@@ -207,9 +223,11 @@ def cmd_coldstart(args) -> int:
         model, vocab = load_model_dir(run / "model_cold")
         cfg = json.loads((run / "train_config.json").read_text())
         rep = cold_start_report(model, vocab, seqs, cold, tuple(args.k), cfg.get("max_len", 50),
-                                progress=not args.quiet, seed=args.seed)
-        warm = json.loads((run / "metrics.json").read_text())["test"]
-        rep["warm_test"] = {k: warm[k] for k in warm if k.startswith(("HR", "NDCG", "MRR", "users"))}
+                                progress=not args.quiet, seed=args.seed, extra=_served_blend(run, model, vocab, seqs))
+        saved = json.loads((run / "metrics.json").read_text())
+        for key, label in (("test", "warm_test"), ("test_lm_only", "warm_test_lm_only")):
+            if key in saved:
+                rep[label] = {k: v for k, v in saved[key].items() if k.startswith(("HR", "NDCG", "MRR", "users"))}
         rep["version"] = getattr(model.config, "streamrec_version", "")
         results[str(run)] = rep
     text = json.dumps(results, indent=2)

@@ -375,7 +375,7 @@ def cold_start_split(sequences: Mapping[str, Sequence[str]], vocab: ItemVocab, c
 
 def cold_start_report(model, vocab: ItemVocab, sequences: Mapping[str, Sequence[str]], cold: Sequence[str],
                       k_list: Iterable[int] = (10, 20, 50), max_len: int = 50, progress: bool = True,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, extra: Mapping[str, Callable[[ScoreFn], ScoreFn]] | None = None) -> dict:
     """How a model that has grown by cold items (``ItemLM.add_items`` + ``set_item_text``) ranks them.
 
     Cases: users whose last item is cold. Two rankings, seen items excluded, ties broken at random (an id-only model
@@ -383,7 +383,8 @@ def cold_start_report(model, vocab: ItemVocab, sequences: Mapping[str, Sequence[
       * ``all_items``: among every item, warm and cold (what serving does);
       * ``cold_only``: among the cold items only (does the model know *which* new item?).
     Baselines on the same cases: a text-similarity scorer (no training) when the model has item text, and the
-    expected value of a random order.
+    expected value of a random order. ``extra``: {name: f}, each also evaluated as ``f(model's score function)``
+    (the served blend of ``model/blend.py``).
     """
     cold_tokens = torch.zeros(len(vocab) + 1, dtype=torch.bool)
     cold_tokens[[vocab.id_to_token[i] for i in cold if i in vocab]] = True
@@ -394,6 +395,9 @@ def cold_start_report(model, vocab: ItemVocab, sequences: Mapping[str, Sequence[
     for name, cand in (("all_items", None), ("cold_only", cold_tokens)):
         report[name] = {"model": evaluate(fn, split, k_list, candidates=cand, ties="random", seed=seed,
                                           progress=progress)}
+        for label, wrap in (extra or {}).items():
+            report[name][label] = evaluate(wrap(fn), split, k_list, candidates=cand, ties="random", seed=seed,
+                                           progress=progress)
         if model.config.text_dim:
             report[name]["text_similarity"] = evaluate(text_similarity_score_fn(model.item_text), split, k_list,
                                                        candidates=cand, ties="random", seed=seed, progress=progress)
