@@ -18,14 +18,16 @@ _HELP = {
     "num_layers": "transformer blocks",
     "num_heads": "attention heads",
     "intermediate_size": "MLP width (0 = 4 x hidden size)",
-    "max_len": "longest history read by the model (training windows have max-len targets)",
+    "max_len": "longest history read by the model (training windows have max-len targets); 0 = the 99th "
+               "percentile of the training histories, within 50..200",
     "embedding_dropout": "dropout on the input item embeddings (high for sparse data, e.g. 0.5 on Beauty)",
     "attention_dropout": "dropout on attention probabilities",
     "hidden_dropout": "dropout on every attention/MLP output before the residual add (SASRec style)",
     "initializer_range": "std of the normal weight initialisation",
     "id_dropout": "text models: share of items whose id embedding is dropped each step, so the model learns to rank "
                   "items known only by their text (cold start)",
-    "use_text": "add projected all-MiniLM-L6-v2 title embeddings to item embeddings (needs --titles)",
+    "use_text": "add projected all-MiniLM-L6-v2 title embeddings to item embeddings (needs --titles; on by default "
+                "when --titles is given)",
     "text_model": "local sentence-transformers directory instead of the bundled all-MiniLM-L6-v2",
     "lr": "AdamW learning rate",
     "weight_decay": "AdamW weight decay (matrices and embeddings, not norms)",
@@ -95,6 +97,8 @@ def cmd_train(args) -> int:
     cfg = _config_from_args(args)
     torch.set_num_threads(cfg.num_threads)
     seqs, titles = _read(args)
+    if args.use_text is None and titles:          # titles given: the text-aware recipe, unless --no-use-text
+        cfg = dataclasses.replace(cfg, use_text=True)
     if cfg.use_text and not titles:
         print("--use-text needs --titles", file=sys.stderr)
         return 2

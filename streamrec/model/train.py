@@ -320,6 +320,10 @@ def train(cfg: TrainConfig, sequences: Mapping[str, Sequence[str]], out_dir: str
     train_part = train_sequences(seqs)            # items[:-2] of every user
     if cold:
         train_part = {u: [i for i in s if i not in cold] for u, s in train_part.items()}
+    if previous is not None:                      # the previous model's architecture, its history length too
+        cfg = dataclasses.replace(cfg, max_len=getattr(previous.config, "max_len", 0)
+                                  or previous.config.max_position_embeddings)
+    cfg = cfg.derive([len(s) for s in train_part.values()])
     windows = training_windows([vocab.encode(s) for s in train_part.values()], cfg.max_len)
     valid = leave_one_out(seqs, vocab, "valid")
     if cold:                                       # validation targets the model has never heard of: not evaluable

@@ -267,3 +267,34 @@ def test_hidden_dropout_only_in_training_and_id_dropout_needs_text(data, tmp_pat
     with pytest.raises(ValueError):
         train(TrainConfig(epochs=1, id_dropout=0.3, **SMALL), data, tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_history_length_is_derived_from_the_data_unless_given():
+    short = [4] * 90 + [41] * 10                       # Amazon-like: p99 41 -> 50 (never below)
+    assert TrainConfig().derive(short).max_len == 50
+    assert TrainConfig().derive([60] * 98 + [131, 131]).max_len == 140   # p99 rounded up to tens
+    assert TrainConfig().derive([100] * 50 + [1254] * 50).max_len == 200   # MovieLens-like: capped
+    assert TrainConfig(max_len=30).derive([1000]).max_len == 30           # given: kept
+    assert TrainConfig().derive([]).max_len == 50
+
+
+def test_titles_turn_the_text_recipe_on_unless_refused(tmp_path, monkeypatch):
+    from streamrec.cli import main
+    from streamrec.model import train as train_module
+    from streamrec.model.datasets import write_sequences
+
+    seen = []
+
+    def record(cfg, *args, **kwargs):   # stands in for training: the recipe is all this test wants
+        seen.append(cfg.use_text)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_module, "train", record)
+    data = write_sequences(synthetic(n_users=20, n_items=10, length=6), tmp_path / "d.txt")
+    titles = tmp_path / "t.tsv"
+    titles.write_text("".join(f"{i}\tasin{i}\titem {i}\n" for i in range(1, 11)))
+    for extra, want in (([], False), (["--titles", str(titles)], True),
+                        (["--titles", str(titles), "--no-use-text"], False)):
+        with pytest.raises(SystemExit):
+            main(["train", str(data), "--out", str(tmp_path / "o"), *extra])
+        assert seen[-1] is want
