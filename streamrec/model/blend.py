@@ -2,7 +2,8 @@
 
     score(c) = logit_LM(c | history)
                + w_cooc * cooc(c | history)                          every item
-               + w_text * cos(title(c), mean title of the last 5)     only items with < young_below interactions
+               + w_text * cos(title(c), mean title of the last 5)     only the 5 most similar items with fewer than
+                                                                      young_below interactions
 
 ``cooc`` is ``CooccurrenceScorer.neighbour_scores`` (the cosine-normalised co-occurrence of c with the user's recent
 items, 0 for items that never co-occurred with them): the same object the worker keeps current online as the LM's
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 YOUNG_BELOW = 5      # interactions before an item's own embedding is trusted alone (the 5-core threshold)
 TEXT_WINDOW = 5      # history items whose titles make the query
+TEXT_TOP = 5         # young items per request that get the title bonus, the most similar ones (5 beat 20 on the
+                     #   ml-latest-small validation split: a bonus for many young items buries the warm targets)
 
 
 def last_batch(fn: ScoreFn) -> ScoreFn:
@@ -78,11 +81,22 @@ def young_items(counts: torch.Tensor, item_text: torch.Tensor, young_below: int 
     return young
 
 
-def young_text_score_fn(item_text: torch.Tensor, young: torch.Tensor, window: int = TEXT_WINDOW) -> ScoreFn:
-    """[B, n_items + 1]: title similarity to the last ``window`` history items, for the ``young`` items only."""
+def young_text_score_fn(item_text: torch.Tensor, young: torch.Tensor, window: int = TEXT_WINDOW,
+                        top: int = TEXT_TOP) -> ScoreFn:
+    """[B, n_items + 1]: title similarity to the last ``window`` history items, for the ``top`` most similar
+    ``young`` items of each history only (0 elsewhere)."""
     sim = text_similarity_score_fn(item_text, window)
-    mask = young.float()
-    return lambda histories: sim(histories) * mask
+    n_young = int(young.sum())
+
+    def score(histories: list[list[int]]) -> torch.Tensor:
+        s = sim(histories).masked_fill(~young, float("-inf"))
+        out = torch.zeros_like(s)
+        if n_young:
+            vals, idx = torch.topk(s, min(top, n_young), dim=1)
+            out.scatter_(1, idx, vals)
+        return out
+
+    return score
 
 
 def blend_score_fn(lm_fn: ScoreFn, parts: Mapping[str, ScoreFn], weights: Mapping[str, float]) -> ScoreFn:
@@ -144,7 +158,8 @@ def choose_weights(lm_fn: ScoreFn, parts: Mapping[str, ScoreFn], valid: Split, b
 
 def blend_record(weights: Mapping[str, float], tried: Mapping[str, Mapping[float, float]]) -> dict:
     return {"cooc_weight": weights.get("cooc", 0.0), "text_weight": weights.get("text", 0.0),
-            "young_below": YOUNG_BELOW, "text_window": TEXT_WINDOW, "chosen_on": "validation NDCG@10",
+            "young_below": YOUNG_BELOW, "text_window": TEXT_WINDOW, "text_top": TEXT_TOP,
+            "chosen_on": "validation NDCG@10",
             "valid_ndcg10": {name: {str(w): round(v, 6) for w, v in sorted(t.items())} for name, t in tried.items()}}
 
 
@@ -154,3 +169,35 @@ def save_blend(model_dir: str | Path, record: Mapping) -> None:
 
 def saved_weights(record: Mapping) -> dict[str, float]:
     return {"cooc": float(record.get("cooc_weight", 0.0)), "text": float(record.get("text_weight", 0.0))}
+
+
+def cold_start_blends(model, vocab: ItemVocab, sequences: Mapping[str, Sequence[str]], cold: Sequence[str],
+                      record: Mapping, max_len: int = 50, batch_size: int = 512,
+                      progress: bool = True) -> tuple[dict, dict]:
+    """For ``streamrec coldstart``: the served blend of a cold-start run, and the same with a title weight chosen
+    for new items.
+
+    ``streamrec train --cold-items`` chooses its weights on validation cases whose target it knows, so the title
+    term, whose job is items nobody has interacted with yet, meets none of the held-out items there and is mostly
+    left at 0. Here it is chosen again on the whole validation split of the grown model (``model_cold``), where
+    held-out items are targets in their natural share (a user's second-to-last item; the test uses the last one),
+    the co-occurrence weight kept. Returns ({label: wrap(score_fn) -> score_fn}, info); the caller evaluates each
+    label on the cold test cases and on the warm ones.
+    """
+    from streamrec.model.evaluate import leave_one_out, lm_score_fn, train_sequences
+
+    weights = saved_weights(record)
+    cold = set(cold)
+    train_part = {u: [i for i in s if i not in cold] for u, s in train_sequences(sequences).items()}
+    parts = blend_parts(vocab, train_part, model.item_text if model.config.text_dim else None)
+    blends = {"served": weights}
+    info: dict = {"saved_weights": weights}
+    if "text" in parts:
+        valid = leave_one_out(sequences, vocab, "valid")
+        base = blend_score_fn(lm_score_fn(model, max_len), parts, {**weights, "text": 0.0})
+        chosen, tried = choose_weights(base, {"text": parts["text"]}, valid, batch_size, progress)
+        blends["served_new_item_text"] = {**weights, "text": chosen["text"]}
+        info.update(valid_cases=len(valid), cold_valid_cases=sum(vocab.items[t] in cold for t in valid.targets),
+                    new_item_text_weight=chosen["text"],
+                    new_item_text_valid_ndcg10={str(w): round(v, 6) for w, v in sorted(tried["text"].items())})
+    return {label: (lambda fn, w=w: blend_score_fn(fn, parts, w)) for label, w in blends.items()}, info

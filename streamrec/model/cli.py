@@ -192,27 +192,13 @@ def _blend(args, model, seqs, vocab, score_fn) -> dict[str, float]:
     return weights
 
 
-def _served_blend(run: Path, model, vocab, seqs) -> dict:
-    """{"served": wrap}: the model's score function blended as the worker serves it (the run's blend.json weights;
-    co-occurrence counts and item ages from the training part, where the cold items have no interactions)."""
-    from streamrec.model.artifacts import read_blend
-    from streamrec.model.blend import blend_parts, blend_score_fn, saved_weights
-    from streamrec.model.evaluate import train_sequences
-
-    weights = saved_weights(read_blend(run))
-    if not any(weights.values()):
-        return {}
-    cold = set(json.loads((run / "cold_items.json").read_text()))
-    train_part = {u: [i for i in s if i not in cold] for u, s in train_sequences(seqs).items()}
-    parts = blend_parts(vocab, train_part, model.item_text if model.config.text_dim else None)
-    return {"served": lambda fn: blend_score_fn(fn, parts, weights)}
-
-
 def cmd_coldstart(args) -> int:
     import torch
 
+    from streamrec.model.artifacts import read_blend
+    from streamrec.model.blend import cold_start_blends, last_batch
     from streamrec.model.datasets import read_sequences
-    from streamrec.model.evaluate import cold_start_report
+    from streamrec.model.evaluate import cold_start_report, evaluate_many, leave_one_out, lm_score_fn
     from streamrec.model.train import load_model_dir
 
     torch.set_num_threads(args.num_threads)
@@ -226,12 +212,17 @@ def cmd_coldstart(args) -> int:
         cold = json.loads((run / "cold_items.json").read_text())
         model, vocab = load_model_dir(run / "model_cold")
         cfg = json.loads((run / "train_config.json").read_text())
-        rep = cold_start_report(model, vocab, seqs, cold, tuple(args.k), cfg.get("max_len", 50),
-                                progress=not args.quiet, seed=args.seed, extra=_served_blend(run, model, vocab, seqs))
-        saved = json.loads((run / "metrics.json").read_text())
-        for key, label in (("test", "warm_test"), ("test_lm_only", "warm_test_lm_only")):
-            if key in saved:
-                rep[label] = {k: v for k, v in saved[key].items() if k.startswith(("HR", "NDCG", "MRR", "users"))}
+        max_len = cfg.get("max_len", 50)
+        blends, info = cold_start_blends(model, vocab, seqs, cold, read_blend(run), max_len, progress=not args.quiet)
+        rep = cold_start_report(model, vocab, seqs, cold, tuple(args.k), max_len, progress=not args.quiet,
+                                seed=args.seed, extra=blends)
+        rep["blend"] = info
+        # the warm test users (target seen in training), ranked by each blend among all items, new ones included
+        warm = leave_one_out({u: s for u, s in seqs.items() if s and s[-1] not in set(cold)}, vocab, "test")
+        lm_fn = last_batch(lm_score_fn(model, max_len))
+        fns = {"model": lm_fn, **{label: wrap(lm_fn) for label, wrap in blends.items()}}
+        rep["warm_test"] = {label: {k: v for k, v in m.items() if k.startswith(("HR", "NDCG", "MRR", "users"))}
+                            for label, m in evaluate_many(fns, warm, tuple(args.k), progress=not args.quiet).items()}
         rep["version"] = getattr(model.config, "streamrec_version", "")
         results[str(run)] = rep
     text = json.dumps(results, indent=2)

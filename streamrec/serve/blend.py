@@ -2,8 +2,9 @@
 
     co-occurrence   cooc_weight x the fallback's ``neighbour_scores`` of each history (online counts)
     young titles    text_weight x cos(title(c), mean unit title of the last ``text_window`` history items), for the
-                    items with a title and fewer than ``young_below`` interactions counted so far (the trainer's
-                    counts from ``popularity.json``, then every event the worker applies)
+                    ``text_top`` most similar of the items with a title and fewer than ``young_below``
+                    interactions counted so far (the trainer's counts from ``popularity.json``, then every event
+                    the worker applies)
 
 Weights come from the model's ``blend.json`` (chosen on validation by ``streamrec train``); without it both are 0
 and the model is served alone. Numpy only: the lean ONNX image serves it.
@@ -24,6 +25,7 @@ class ServedBlend:
         self.text_weight = float(record.get("text_weight", 0.0) if text_weight is None else text_weight)
         self.young_below = int(record.get("young_below", 5))
         self.text_window = int(record.get("text_window", 5))
+        self.text_top = int(record.get("text_top", 5))
         self._counts = np.zeros(0, dtype=np.int64)     # interactions per token
         self._unit_text: np.ndarray | None = None      # [n_table, d] unit title embeddings (0 rows: no title)
         self._has_text: np.ndarray | None = None
@@ -69,9 +71,13 @@ class ServedBlend:
             young = self.young()
             if young.size:
                 q = np.stack([self._unit_text[list(t[-self.text_window:])].mean(0) for t in tokens])
-                sims = self.text_weight * (q @ self._unit_text[young].T)
-                rows = np.repeat(np.arange(len(tokens), dtype=np.int64), young.size)
-                terms.append((rows, np.tile(young, len(tokens)), sims.ravel().astype(np.float32)))
+                sims = q @ self._unit_text[young].T                               # [B, n_young]
+                m = min(self.text_top, young.size)                               # the m most similar per row
+                best = np.argpartition(-sims, m - 1, axis=1)[:, :m] if m < young.size else \
+                    np.broadcast_to(np.arange(young.size), sims.shape)
+                rows = np.repeat(np.arange(len(tokens), dtype=np.int64), m)
+                values = self.text_weight * np.take_along_axis(sims, best, 1)
+                terms.append((rows, young[best].ravel(), values.ravel().astype(np.float32)))
         return terms
 
     def info(self) -> dict:
