@@ -196,7 +196,7 @@ def cmd_coldstart(args) -> int:
     import torch
 
     from streamrec.model.artifacts import read_blend
-    from streamrec.model.blend import cold_start_blends, last_batch
+    from streamrec.model.blend import cold_start_blends, last_batch, save_blend
     from streamrec.model.datasets import read_sequences
     from streamrec.model.evaluate import cold_start_report, evaluate_many, leave_one_out, lm_score_fn
     from streamrec.model.train import load_model_dir
@@ -217,6 +217,10 @@ def cmd_coldstart(args) -> int:
         rep = cold_start_report(model, vocab, seqs, cold, tuple(args.k), max_len, progress=not args.quiet,
                                 seed=args.seed, extra=blends)
         rep["blend"] = info
+        if args.save_blend and "new_item_text_weight" in info:   # the worker serves new items with it from now on
+            record = {**read_blend(run), "text_weight": info["new_item_text_weight"],
+                      "text_weight_chosen_on": "validation NDCG@10 with held-out items (streamrec coldstart)"}
+            save_blend(run / "model", record)
         # the warm test users (target seen in training), ranked by each blend among all items, new ones included
         warm = leave_one_out({u: s for u, s in seqs.items() if s and s[-1] not in set(cold)}, vocab, "test")
         lm_fn = last_batch(lm_score_fn(model, max_len))
@@ -316,6 +320,9 @@ def register(sub) -> None:
     c.add_argument("--k", type=int, nargs="+", default=[10, 20, 50])
     c.add_argument("--seed", type=int, default=0, help="seed of the random tie-breaking")
     c.add_argument("--num-threads", type=int, default=2)
+    c.add_argument("--save-blend", action="store_true",
+                   help="write the title weight chosen here for new items into the run's model/blend.json (what "
+                        "the worker serves)")
     c.add_argument("--json", help="also write the report here")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_coldstart)

@@ -134,3 +134,6 @@ def test_coldstart_reports_the_served_blend_and_its_title_term_lifts_new_items(t
     assert report["cases"] > 10
     assert everything["served"]["HR@20"] > everything["model"]["HR@20"], everything
     assert set(report["warm_test"]) >= {"model", "served"} and report["warm_test"]["model"]["users"] > 100
+    chosen = report["blend"]["new_item_text_weight"]
+    assert main(["coldstart", str(data), "--run", str(run), "--quiet", "--num-threads", "1", "--save-blend"]) == 0
+    assert json.loads((run / "model" / "blend.json").read_text())["text_weight"] == chosen
