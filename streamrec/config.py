@@ -83,6 +83,9 @@ class Settings:
     scorer_threads: int = field(default=0, metadata={"help": "CPU threads of the model (0 = torch's default)"})
     group_lengths: int = field(default=0, metadata={
         "help": "split a batch into groups of similar history length, N requests or more each (0 = one call)"})
+    blend: bool = field(default=True, metadata={
+        "help": "serve the model with the blend validated with it (blend.json: co-occurrence and young-item title "
+                "terms); false = the model alone (less CPU per request, lower quality: docs/evaluation.md)"})
     reranker_dir: str = field(default="", metadata={
         "help": "local Hugging Face causal LM directory: re-rank the first stage's candidates LlamaRec-style "
                 "(item titles come from the items topic)"})

@@ -477,6 +477,7 @@ def build_lm_scorer(settings, model_dir: str | Path | None = None, fallback: Any
         import torch   # torch backends take it from here, ONNX Runtime from its session options
         torch.set_num_threads(settings.scorer_threads)
     scorer = LMScorer(model_dir, backend=settings.backend, fallback=fallback,
-                      threads=settings.scorer_threads or None, group_lengths=settings.group_lengths)
+                      threads=settings.scorer_threads or None, group_lengths=settings.group_lengths,
+                      **({} if settings.blend else {"cooc_weight": 0.0, "text_weight": 0.0}))
     scorer.warm_up(sorted({1, settings.max_batch_size}))   # before the worker starts, so before it is ready
     return scorer

@@ -168,3 +168,16 @@ def test_evaluate_many_equals_evaluate_per_function_and_shares_each_batch():
     assert both["a"]["NDCG@10"] == evaluate(base, split, (10,), batch_size=40, progress=False)["NDCG@10"]
     assert both["b"]["NDCG@10"] == evaluate(lambda h: base(h) * 0.5 + torch.arange(split.n_items + 1).float() * 0.01,
                                             split, (10,), batch_size=40, progress=False)["NDCG@10"]
+
+
+def test_the_blend_setting_turns_the_saved_blend_off(model_dir, tmp_path):
+    from streamrec.config import Settings
+    from streamrec.serve.lm import build_lm_scorer
+
+    d = tmp_path / "m"
+    shutil.copytree(model_dir, d)
+    save_blend(d, blend_record({"cooc": 5.0, "text": 1.0}, {}))
+    on = build_lm_scorer(Settings(model_dir=str(d), backend="onnx"))
+    off = build_lm_scorer(Settings(model_dir=str(d), backend="onnx", blend=False))
+    assert (on.blend.cooc_weight, on.blend.text_weight) == (5.0, 1.0)
+    assert (off.blend.cooc_weight, off.blend.text_weight) == (0.0, 0.0)
