@@ -20,6 +20,8 @@ Bonus = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 class ServedBlend:
+    """The weights of one model's blend and what its terms need: interactions per token (online) and unit titles."""
+
     def __init__(self, record: Mapping, cooc_weight: float | None = None, text_weight: float | None = None):
         self.cooc_weight = float(record.get("cooc_weight", 0.0) if cooc_weight is None else cooc_weight)
         self.text_weight = float(record.get("text_weight", 0.0) if text_weight is None else text_weight)
