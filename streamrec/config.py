@@ -38,6 +38,10 @@ class Settings:
     # --- worker -------------------------------------------------------------------------------
     app_id: str = field(default="streamrec", metadata={"help": "Faust app id = consumer group and changelog prefix"})
     data_dir: str = field(default="var/worker", metadata={"help": "RocksDB table directory (one per worker)"})
+    rocksdb_write_buffer_mb: int = field(default=8, metadata={
+        "help": "RocksDB memtable size per table partition (two of them at most); Faust's default is 3 x 64 MB"})
+    rocksdb_block_cache_mb: int = field(default=32, metadata={
+        "help": "RocksDB block cache per table partition; Faust's default is 2 GB, which a worker's RSS grows into"})
     web_port: int = field(default=6066, metadata={"help": "HTTP port: /health, /ready, /metrics, /recommendations/{user}"})
     web_host: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address (0.0.0.0 in containers)"})
     web_advertised_host: str = field(default="", metadata={

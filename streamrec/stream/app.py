@@ -78,9 +78,12 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
 
     # bytes -> Faust's raw codec: keys are UTF-8 user ids, values JSON we encode once ourselves
     # (state.encode_state); Faust's JSON codec would encode every write twice (RocksDB and changelog), slower.
+    # Bounded RocksDB memory per partition (docs/operations.md, the soak): Faust's defaults let RSS grow for hours
+    rocksdb = {"write_buffer_size": settings.rocksdb_write_buffer_mb << 20, "max_write_buffer_number": 2,
+               "block_cache_size": settings.rocksdb_block_cache_mb << 20}
     user_state = app.tables.add(RecoveringTable(
         app, name="user_state", default=None, beacon=app.tables.beacon, partitions=n_partitions, key_type=bytes,
-        value_type=bytes, help="per-user history, counters, last seen and recently applied event ids"))
+        value_type=bytes, options=rocksdb, help="per-user history, counters, last seen and recently applied event ids"))
 
     async def on_catalog_change(event: faust.EventT) -> None:
         # Called for every catalog changelog record a worker reads: during recovery on every worker, and live on
@@ -92,7 +95,7 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
         except Exception:   # a catalog view must never stop recovery
             log.exception("unreadable catalog changelog record %r", event.key)
 
-    catalog = app.GlobalTable("catalog", default=None, partitions=spec_for(settings, ITEMS).partitions,
+    catalog = app.GlobalTable("catalog", default=None, partitions=spec_for(settings, ITEMS).partitions, options=rocksdb,
                               on_changelog_event=on_catalog_change, help="item records from the items topic")
     scorer = scorer or build_scorer(settings)
     sink = KafkaSink(app, [interactions, recommendations, dead_letters, erasure],

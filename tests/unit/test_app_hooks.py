@@ -82,3 +82,14 @@ def test_a_revoked_partition_is_noted_before_its_store_closes(tmp_path):
 
     asyncio.run(go())
     assert app.pipeline.warmed == set() and app.pipeline._taught == {3: {b"u": 7}}
+
+
+def test_rocksdb_memory_per_partition_is_bounded_by_the_settings(tmp_path):
+    """Faust's defaults (3 x 64 MB memtables, a 2 GB block cache per partition) let the worker's RSS grow for the
+    whole 30-minute soak; the tables get the settings' bounds instead."""
+    app = create_app(Settings(data_dir=str(tmp_path), rocksdb_write_buffer_mb=4, rocksdb_block_cache_mb=16),
+                     scorer=CooccurrenceScorer())
+    for table in (app.user_state, app.catalog):
+        options = table.data.rocksdb_options
+        assert options.write_buffer_size == 4 << 20 and options.max_write_buffer_number == 2
+        assert options.block_cache_size == 16 << 20
