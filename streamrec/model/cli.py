@@ -222,7 +222,8 @@ def cmd_coldstart(args) -> int:
                       "text_weight_chosen_on": "validation NDCG@10 with held-out items (streamrec coldstart)"}
             save_blend(run / "model", record)
         # the warm test users (target seen in training), ranked by each blend among all items, new ones included
-        warm = leave_one_out({u: s for u, s in seqs.items() if s and s[-1] not in set(cold)}, vocab, "test")
+        cold_set = set(cold)
+        warm = leave_one_out({u: s for u, s in seqs.items() if s and s[-1] not in cold_set}, vocab, "test")
         lm_fn = last_batch(lm_score_fn(model, max_len))
         fns = {"model": lm_fn, **{label: wrap(lm_fn) for label, wrap in blends.items()}}
         rep["warm_test"] = {label: {k: v for k, v in m.items() if k.startswith(("HR", "NDCG", "MRR", "users"))}
