@@ -148,12 +148,13 @@ def cmd_eval(args) -> int:
         score_fn = _baseline_score_fn(args.baseline, seqs, vocab, args.split)
         name = args.baseline
     split = leave_one_out(seqs, vocab, args.split, args.min_interactions)
-    weights = _blend(args, model, seqs, vocab, score_fn) if args.model and args.blend != "none" else {}
+    weights, parts = _blend(args, model, seqs, vocab, score_fn) if args.model and args.blend != "none" else ({}, None)
     if any(weights.values()):
         from streamrec.model.blend import blend_parts, blend_score_fn, last_batch
         from streamrec.model.evaluate import train_sequences
         lm_fn = last_batch(score_fn)
-        parts = blend_parts(vocab, train_sequences(seqs), model.item_text if model.config.text_dim else None)
+        if parts is None:
+            parts = blend_parts(vocab, train_sequences(seqs), model.item_text if model.config.text_dim else None)
         fns = {"served": blend_score_fn(lm_fn, parts, weights), "lm": lm_fn}
         both = evaluate_many(fns, split, tuple(args.k), args.batch_size, keep_seen=args.keep_seen,
                              progress=not args.quiet)
@@ -173,15 +174,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _blend(args, model, seqs, vocab, score_fn) -> dict[str, float]:
+def _blend(args, model, seqs, vocab, score_fn) -> tuple[dict[str, float], dict | None]:
     """The blend weights of a model (``model/blend.py``): the saved ones, or (``--blend choose``) chosen now on the
-    validation split and saved."""
+    validation split and saved; with the blend's terms when they were built to choose them (else None)."""
     from streamrec.model.artifacts import read_blend, resolve_model_dir
     from streamrec.model.blend import blend_parts, blend_record, choose_weights, save_blend, saved_weights
     from streamrec.model.evaluate import leave_one_out, train_sequences
 
     if args.blend == "saved":
-        return saved_weights(read_blend(args.model))
+        return saved_weights(read_blend(args.model)), None
     parts = blend_parts(vocab, train_sequences(seqs), model.item_text if model.config.text_dim else None)
     valid = leave_one_out(seqs, vocab, "valid", args.min_interactions)
     weights, tried = choose_weights(score_fn, parts, valid, args.batch_size, progress=not args.quiet)
@@ -189,7 +190,7 @@ def _blend(args, model, seqs, vocab, score_fn) -> dict[str, float]:
     last = list(tried)[-1]
     print(f"blend: {weights} (validation NDCG@10 {tried[last][weights[last]]:.4f}, "
           f"the LM alone {tried[next(iter(tried))][0.0]:.4f})", file=sys.stderr)
-    return weights
+    return weights, parts
 
 
 def cmd_coldstart(args) -> int:

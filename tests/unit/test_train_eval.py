@@ -298,3 +298,25 @@ def test_titles_turn_the_text_recipe_on_unless_refused(tmp_path, monkeypatch):
         with pytest.raises(SystemExit):
             main(["train", str(data), "--out", str(tmp_path / "o"), *extra])
         assert seen[-1] is want
+
+
+def test_eval_cli_ranks_as_served_with_the_saved_or_a_newly_chosen_blend(trained, data, tmp_path):
+    from streamrec.cli import main
+    from streamrec.model.datasets import write_sequences
+
+    out, metrics = trained
+    path = write_sequences(data, tmp_path / "d.txt")
+    saved = tmp_path / "saved.json"
+    assert main(["eval", str(path), "--model", str(out), "--quiet", "--num-threads", "1", "--json", str(saved)]) == 0
+    m = json.loads(saved.read_text())
+    assert m["NDCG@10"] == pytest.approx(metrics["test"]["NDCG@10"], abs=1e-12)   # what train reported as served
+    if metrics["blend"]["cooc_weight"]:
+        assert m["lm_only"]["NDCG@10"] == pytest.approx(metrics["test_lm_only"]["NDCG@10"], abs=1e-12)
+    chosen = tmp_path / "chosen.json"
+    assert main(["eval", str(path), "--model", str(out), "--quiet", "--num-threads", "1", "--blend", "choose",
+                 "--json", str(chosen)]) == 0
+    assert json.loads(chosen.read_text())["NDCG@10"] == pytest.approx(m["NDCG@10"], abs=1e-12)   # same choice
+    none = tmp_path / "none.json"
+    assert main(["eval", str(path), "--model", str(out), "--quiet", "--num-threads", "1", "--blend", "none",
+                 "--json", str(none)]) == 0
+    assert json.loads(none.read_text())["NDCG@10"] == pytest.approx(metrics["test_lm_only"]["NDCG@10"], abs=1e-12)
