@@ -346,9 +346,13 @@ format_storage() {
   if [[ -f "$DATA_DIR/meta.properties" ]]; then
     return 0
   fi
-  # A random cluster id (base64url of 16 random bytes, as `kafka-storage random-uuid` makes).
-  local cluster_id
-  cluster_id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)"
+  # A random cluster id (base64url of 16 random bytes, as `kafka-storage random-uuid` makes). Like
+  # Kafka's Uuid.randomUuid, redraw one that starts with '-': StorageTool's parser reads it as an option
+  # (1 draw in 64; it failed CI once).
+  local cluster_id="-"
+  while [[ "$cluster_id" == -* ]]; do
+    cluster_id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)"
+  done
   log "formatting KRaft storage in $DATA_DIR (cluster id $cluster_id)"
   local scram=()
   mapfile -t scram < <(scram_args)

@@ -342,6 +342,7 @@ def test_kafka_is_a_single_kraft_node_reachable_as_kafka_9092(services):
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"].lower() == "false"
     cluster_id = env["CLUSTER_ID"]
     assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16, "CLUSTER_ID must be a base64url UUID"
+    assert not cluster_id.startswith("-"), "kafka-storage reads a CLUSTER_ID starting with '-' as an option"
     assert any(t == env["KAFKA_LOG_DIRS"] for _, t, ro in mounts_of(kafka) if not ro), "Kafka data not on a volume"
     assert "/opt/kafka/bin/" in " ".join(kafka["healthcheck"]["test"])
 
@@ -801,3 +802,19 @@ def test_cpu_image_has_no_torch_and_train_export_use_the_torch_image(services):
     base = " ".join(extras["dependencies"])
     assert "torch" not in base and "transformers" not in base
     assert any(d.startswith("torch") for d in extras["optional-dependencies"]["torch"])
+
+
+def test_kafka_sh_never_draws_a_cluster_id_that_starts_with_a_dash():
+    """kafka.sh draws a random cluster id per data dir; one starting with '-' (1 draw in 64) made StorageTool's
+    parser fail CI. Run the script's own drawing lines many times."""
+    import subprocess
+
+    script = (ROOT / "deploy" / "kafka" / "kafka.sh").read_text()
+    draw = re.search(r'^  local cluster_id="-"\n.*?^  done\n', script, re.S | re.M)
+    assert draw, "kafka.sh's cluster id drawing not found"
+    loop = f'for i in $(seq 400); do\n{draw.group(0).replace("local ", "")}  echo "$cluster_id"\ndone'
+    ids = subprocess.run(["bash", "-c", loop], check=True, capture_output=True, text=True).stdout.split()
+    assert len(ids) == 400 and len(set(ids)) == 400
+    for cluster_id in ids:
+        assert not cluster_id.startswith("-")
+        assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
