@@ -33,18 +33,15 @@ in items; warm-started from the ``popularity.json`` {item_id: count} that ``stre
 count exists, the model's own average next-item distribution after one item (mean softmax over up to 256
 single-item histories, computed once with the serving backend).
 
-Cold start: ``on_item(item_id, record)`` queues an unknown item with its title; before the next scoring call the
-queue (up to 256 items per call) is embedded in one ``text.embed_texts`` call -- the text the trainer embedded:
-``text.clean_title(title)`` with the encoder named in ``train_config.json`` (run by ONNX Runtime when ``streamrec
-export`` left it in ``onnx/text-encoder/``, see ``text_onnx.py``; else by sentence-transformers) -- appended with
-``add_items`` + ``set_item_text`` (``ItemLM``, or ``ItemTable`` on the ONNX path), and only their rows are computed
-(``item_embeddings(tokens)``) and appended to the backend's table (``append_rows``: spare capacity, so existing rows
-are neither recomputed, re-uploaded nor re-quantised). Every backend takes the item table as data (the ONNX graphs
-take it as an input, see ``export.py``), so new items are readable in histories and recommendable at once, with no
-re-export. Items stay queued until embedded: an encoder failure is retried with a doubling backoff;
-``streamrec_cold_start_backlog_items`` shows the queue. Needs a model trained with text (``text_dim > 0``);
-otherwise unknown items are ignored. The additions live in memory only (the next training run learns them
-properly).
+Cold start: ``on_item(item_id, record)`` queues an unknown item with its title (``coldstart.ColdStartQueue``: the
+trainer's text, embedded before the next scoring call, up to 256 items per call, kept queued through encoder
+failures); ``flush_items`` appends them with ``add_items`` + ``set_item_text`` (``ItemLM``, or ``ItemTable`` on the
+ONNX path), computes only their rows (``item_embeddings(tokens)``) and appends them to the backend's table
+(``append_rows``: spare capacity, so existing rows are neither recomputed, re-uploaded nor re-quantised). Every
+backend takes the item table as data (the ONNX graphs take it as an input, see ``export.py``), so new items are
+readable in histories and recommendable at once, with no re-export. Needs a model trained with text
+(``text_dim > 0``); otherwise unknown items are ignored. The additions live in memory only (the next training run
+learns them properly).
 
 Warm-up: ``build_lm_scorer`` runs one dummy batch per padded width (and batch size 1 and ``max_batch_size``)
 before the worker starts, so CUDA initialisation and kernel selection do not happen inside real batches.
@@ -60,15 +57,14 @@ import json
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from streamrec import metrics
 from streamrec.serve.backends import OrtBackend
 from streamrec.serve.blend import ServedBlend
+from streamrec.serve.coldstart import ColdStartQueue
 from streamrec.serve.popularity import Popularity
 from streamrec.model.artifacts import (ENCODER_SUBDIR, FILES, is_current, model_fingerprint, onnx_dir, read_blend,
                                       resolve_model_dir)
@@ -106,21 +102,6 @@ def length_buckets(max_len: int, smallest: int = 8) -> list[int]:
         widths.append(w)
         w *= 2
     return widths + [max_len]
-
-
-FLUSH_LIMIT = 256   # cold-start items embedded per scoring call: a catalog burst must not stall one batch for long
-RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0   # cold-start embedding retries: doubling backoff between these
-
-
-def _embed_texts(texts: list[str], model: str | None = None):
-    """The trainer's sentence encoder (``text.embed_texts``; heavy: imported on the first cold-start item)."""
-    from streamrec.model.text import embed_texts
-    return embed_texts(texts, model=model, progress=False, use_cache=False)
-
-
-def _clean_title(title: str) -> str:
-    from streamrec.model.text import clean_title   # what the trainer does to titles before embedding them
-    return clean_title(title)
 
 
 def _load_model(model_dir: Path, backend: str):
@@ -202,20 +183,16 @@ class LMScorer:
         self.version = model_version(self.model_dir)
         trained_len = getattr(cfg, "max_len", None) or cfg.max_position_embeddings   # the trainer records max_len
         self.max_len = min(max_len or trained_len, cfg.max_position_embeddings)
-        self.text_model = _read_json(self.model_dir / "train_config.json",
-                                     artefacts / "train_config.json").get("text_model") or None
+        text_model = _read_json(self.model_dir / "train_config.json",
+                                artefacts / "train_config.json").get("text_model") or None
         self.buckets = length_buckets(self.max_len)
         self.group_lengths = group_lengths
         self.fallback = fallback          # the app answers from it when score() raises
         self.threads = threads or _default_threads(self.backend_name)
-        self._embed = embed_fn or (_exported_encoder(self.model_dir, self.threads) if cfg.text_dim else None)
         self._lock = threading.RLock()
-        # Cold start: item id -> title, until embedded (a failed embedding keeps them here for a retry). Guarded
-        # by its own lock: on_item (event loop) never waits for a model call running in another thread.
-        self._pending: dict[str, str] = {}
-        self._pending_lock = threading.Lock()
-        self._embed_failures = 0
-        self._retry_at = 0.0            # time.monotonic() before which a failed embedding is not retried
+        self.cold_start = ColdStartQueue(
+            cfg.text_dim, embed_fn or (_exported_encoder(self.model_dir, self.threads) if cfg.text_dim else None),
+            text_model)
         self._prior: np.ndarray | None = None
         self.popularity = Popularity()
         self._pop_lock = threading.Lock()
@@ -336,47 +313,18 @@ class LMScorer:
         """Catalog update: queue an unknown item that has a title, so the model can score it (cold start)."""
         if record is None or not self.model.config.text_dim or item_id in self.vocab:
             return
-        title = record.get("title")
-        if isinstance(title, str) and title.strip():
-            with self._pending_lock:
-                self._pending[item_id] = title
-                metrics.COLD_START_BACKLOG.set(len(self._pending))
+        self.cold_start.offer(item_id, record.get("title"))
 
     # --- cold start ---------------------------------------------------------------------------------------------
     def flush_items(self) -> int:
-        """Add up to ``FLUSH_LIMIT`` queued cold-start items now (``score`` does it first thing); returns how many
-        were added.
-
-        Items stay queued until they are in the table: an embedding failure leaves them for a retry, after a
-        doubling backoff (``RETRY_FIRST_S`` .. ``RETRY_MAX_S``) so a broken encoder does not cost every batch.
-        Only the new rows are computed and handed to the backend (``append_rows``): the table of existing items
-        is neither recomputed nor uploaded again.
-        """
+        """Add up to ``coldstart.FLUSH_LIMIT`` queued cold-start items now (``score`` does it first thing); returns
+        how many were added. Only the new rows are computed and handed to the backend (``append_rows``): the table
+        of existing items is neither recomputed nor uploaded again."""
         with self._lock:
-            if time.monotonic() < self._retry_at:
+            embedded = self.cold_start.embed_next(self.vocab)
+            if embedded is None:
                 return 0
-            with self._pending_lock:
-                for item_id in [i for i in self._pending if i in self.vocab]:   # known since it was queued
-                    del self._pending[item_id]
-                pending = list(self._pending.items())[:FLUSH_LIMIT]
-                metrics.COLD_START_BACKLOG.set(len(self._pending))
-            if not pending:
-                return 0
-            try:
-                texts = [_clean_title(t) for _, t in pending]
-                emb = self._embed(texts) if self._embed else _embed_texts(texts, self.text_model)
-                emb = np.asarray(emb, dtype=np.float32)
-                if emb.shape != (len(pending), self.model.config.text_dim):
-                    raise ValueError(f"text embeddings of shape {tuple(emb.shape)}, expected "
-                                     f"({len(pending)}, {self.model.config.text_dim})")
-            except Exception:   # cold start must never take scoring down; the items stay queued
-                self._embed_failures += 1
-                wait = min(RETRY_FIRST_S * 2 ** (self._embed_failures - 1), RETRY_MAX_S)
-                self._retry_at = time.monotonic() + wait
-                log.exception("could not embed %d cold-start item(s); kept queued, retry in %.0f s",
-                              len(pending), wait)
-                return 0
-            self._embed_failures, self._retry_at = 0, 0.0
+            pending, emb = embedded
             new = self.model.add_items(len(pending))
             for (item_id, _), token in zip(pending, new):
                 if self.vocab.add(item_id) != token:
@@ -388,11 +336,7 @@ class LMScorer:
             elif self.model.config.text_dim:
                 self.blend.set_text(self.model.item_text)
             self._prior = None   # the model prior covers every item: recomputed on its next use
-            with self._pending_lock:
-                for item_id, title in pending:
-                    if self._pending.get(item_id) == title:
-                        del self._pending[item_id]
-                metrics.COLD_START_BACKLOG.set(len(self._pending))
+            self.cold_start.done(pending)
             self.cold_start_added += len(pending)
             log.info("cold start: %d item(s) added, %d items now", len(pending), len(self.vocab))
             return len(pending)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from streamrec.serve import coldstart
 from streamrec.serve import lm as serving
 from streamrec.config import Settings
 from streamrec.model.export import export
@@ -276,9 +277,9 @@ def test_cold_start_embeds_clean_titles_with_the_trainers_encoder(model_dir, tmp
     shutil.copytree(model_dir, d)
     (d / "train_config.json").write_text('{"text_model": "/models/my-encoder", "version": "v7"}')
     seen = []
-    monkeypatch.setattr(serving, "_embed_texts", lambda texts, model=None: seen.append((list(texts), model))
+    monkeypatch.setattr(coldstart, "_embed_texts", lambda texts, model=None: seen.append((list(texts), model))
                         or fake_embed(texts))
-    monkeypatch.setattr(serving, "FLUSH_LIMIT", 2)
+    monkeypatch.setattr(coldstart, "FLUSH_LIMIT", 2)
     scorer = make(d, "torch")
     assert scorer.version == "v7"
     scorer.on_item("new-4", {"title": "Argan oil &amp; shea  butter", "categories": ["Hair"]})
@@ -448,7 +449,7 @@ def test_cold_start_items_stay_queued_through_embedding_failures_and_are_retried
 
     from streamrec import metrics
     clock = [1000.0]
-    monkeypatch.setattr(serving, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(coldstart, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     calls, failures = [], [2]
 
     def flaky(texts):
