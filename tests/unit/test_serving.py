@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from streamrec.serve import coldstart
-from streamrec.serve import lm as serving
 from streamrec.config import Settings
 from streamrec.model.export import export
 from streamrec.model.itemlm import ItemLM, ItemLMConfig, ItemVocab
