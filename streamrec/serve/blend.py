@@ -28,7 +28,9 @@ class ServedBlend:
         self.young_below = int(record.get("young_below", 5))
         self.text_window = int(record.get("text_window", 5))
         self.text_top = int(record.get("text_top", 5))
-        self._counts = np.zeros(0, dtype=np.int64)     # interactions per token
+        # Interactions per token. Not Popularity's counts: those are bounded and prune the rarest items first,
+        # which are exactly the young ones this term needs to count (8 bytes per item of the table).
+        self._counts = np.zeros(0, dtype=np.int64)
         self._unit_text: np.ndarray | None = None      # [n_table, d] unit title embeddings (0 rows: no title)
         self._has_text: np.ndarray | None = None
 
