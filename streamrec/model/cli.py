@@ -31,7 +31,8 @@ _HELP = {
     "text_model": "local sentence-transformers directory instead of the bundled all-MiniLM-L6-v2",
     "lr": "AdamW learning rate",
     "weight_decay": "AdamW weight decay (matrices and embeddings, not norms)",
-    "batch_size": "training sequences per step (batches are bucketed by length)",
+    "batch_size": "training sequences per step (batches are bucketed by length); 0 = 6400 positions per step "
+                  "at max-len (128 at 50, 32 at 200)",
     "grad_clip": "max gradient norm (0 = off)",
     "lr_patience": "multiply the lr by --lr-factor after every N evaluations without improvement (0 = constant lr)",
     "lr_factor": "lr decay factor on a validation plateau",

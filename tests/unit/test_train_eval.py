@@ -278,6 +278,15 @@ def test_the_history_length_is_derived_from_the_data_unless_given():
     assert TrainConfig().derive([]).max_len == 50
 
 
+def test_the_batch_is_a_number_of_positions_unless_given():
+    # 128 windows of 50 (the Amazon sets, as before); long MovieLens windows: fewer per step, as many positions
+    assert TrainConfig().derive([30] * 100).batch_size == 128
+    assert TrainConfig().derive([1254] * 100).batch_size == 32
+    assert TrainConfig(max_len=400).derive([]).batch_size == 16
+    assert TrainConfig(batch_size=64).derive([1254] * 100).batch_size == 64   # given: kept
+    assert TrainConfig().derive([30]).derive([1254]) == TrainConfig().derive([30])   # derived once, then kept
+
+
 def test_titles_turn_the_text_recipe_on_unless_refused(tmp_path, monkeypatch):
     from streamrec.cli import main
     from streamrec.model import train as train_module
