@@ -15,12 +15,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainConfig:
-    """Defaults = the recipe of docs/evaluation.md: SASRec-style dropout 0.5 everywhere, batches of 6400 positions (128 windows of 50), Adam 1e-3 halved
-    after every 3 validations without progress, early stopping after 10, the longest history from the data
-    (``derive``), and (``streamrec train`` with ``--titles``) title embeddings. Dropout 0.5 is the setting of the
-    published recipes for sparse data (a dozen interactions per item, as in every shared data set and the held-out
-    one); nothing here was tuned on a test split (the batch in positions came from ml-latest-small's validation
-    split, docs/evaluation.md)."""
+    """Defaults = the recipe of docs/evaluation.md: SASRec-style dropout 0.5 everywhere, batches of 6400 positions
+    (128 windows of 50), Adam 1e-3 halved after every 3 validations without progress, early stopping after 10, the
+    longest history from the data (``derive``), and (``streamrec train`` with ``--titles``) title embeddings.
+    Dropout 0.5 is the setting of the published recipes for sparse data (a dozen interactions per item, as in every
+    shared data set and the held-out one); nothing here was tuned on a test split (the batch in positions came from
+    ml-latest-small's validation split, docs/evaluation.md)."""
     # --- model ---------------------------------------------------------------------------------------------------
     hidden_size: int = 64
     num_layers: int = 2
