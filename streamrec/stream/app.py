@@ -28,7 +28,8 @@ from streamrec.serve.versions import ModelWatcher
 from streamrec.stream import logs
 from streamrec.stream.erasure import erase_request, expired_users
 from streamrec.stream.adapters import (FaustStateStore, KafkaSink, RebalanceMetrics, RecoveringTable,
-                                       broker_credentials, consumer_lags, decode_changelog, fatal, json_errors,
+                                       broker_credentials, consumer_lags, decode_changelog, fatal,
+                                       flush_before_transaction_commit, json_errors,
                                        partition_items, producer_metadata, readable_state)
 from streamrec.stream.pipeline import Pipeline
 from streamrec.stream.readiness import Readiness
@@ -100,6 +101,8 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     scorer = scorer or build_scorer(settings)
     sink = KafkaSink(app, [interactions, recommendations, dead_letters, erasure],
                      settings.processing_guarantee == "exactly_once")
+    if settings.processing_guarantee == "exactly_once":
+        flush_before_transaction_commit(app.producer)
     pipeline = Pipeline(settings, scorer, FaustStateStore(user_state), sink, catalog)
     app.scorer, app.user_state, app.catalog, app.pipeline = scorer, user_state, catalog, pipeline
     readiness = app.readiness = Readiness(settings.ready_broker_timeout_s)
