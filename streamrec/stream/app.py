@@ -99,9 +99,9 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     catalog = app.GlobalTable("catalog", default=None, partitions=spec_for(settings, ITEMS).partitions, options=rocksdb,
                               on_changelog_event=on_catalog_change, help="item records from the items topic")
     scorer = scorer or build_scorer(settings)
-    sink = KafkaSink(app, [interactions, recommendations, dead_letters, erasure],
-                     settings.processing_guarantee == "exactly_once")
-    if settings.processing_guarantee == "exactly_once":
+    exactly_once = settings.processing_guarantee == "exactly_once"
+    sink = KafkaSink(app, [interactions, recommendations, dead_letters, erasure], exactly_once)
+    if exactly_once:
         flush_before_transaction_commit(app.producer)
     pipeline = Pipeline(settings, scorer, FaustStateStore(user_state), sink, catalog)
     app.scorer, app.user_state, app.catalog, app.pipeline = scorer, user_state, catalog, pipeline
