@@ -120,21 +120,41 @@ def flush_before_transaction_commit(producer: Any) -> None:
     """Make ``producer.commit_transactions`` send Faust's buffered messages first (exactly_once only).
 
     A table write goes to its changelog through ``send_soon``: into the producer's buffer, sent later by a
-    background task. Faust 0.15.3 flushes that buffer before an at_least_once offset commit but not before a
-    transaction commit, so a changelog write still buffered lands in the *next* transaction while its event's
-    offset commits in this one; a crash between the two loses the state update for good (the SIGKILL test in
-    tests/integration/test_exactly_once.py caught one event per partition lost that way). The offsets handed to a
-    commit are those of events already processed, whose writes are in the buffer by then: draining it first puts
-    them in the same transaction as their offsets.
+    background task. Faust 0.15.3 does not wait for that buffer before a transaction commit, so a changelog write
+    not yet sent lands in the *next* transaction while its event's offset commits in this one. A crash before the
+    next commit loses the state update for good, and when no further event arrives on that partition the next
+    transaction never commits at all: read_committed readers of the changelog (recovery) stop at it ("the stall").
+    The buffer's own ``flush`` is not enough: it returns once the queue is empty, while the background task may
+    still hold the last message it took, not yet handed to the transactional producer (one write per partition,
+    lost in the SIGKILL test). So every send through the buffer is counted, and a commit waits until the queue is
+    empty and nothing is in flight. The offsets handed to a commit are those of events already processed, whose
+    writes are queued by then: they all join the transaction their offsets commit in.
     """
-    commit = producer.commit_transactions
+    buffer, commit = producer.buffer, producer.commit_transactions
+    send_pending = buffer._send_pending     # replaced before the producer starts: its task binds the attribute
+    in_flight = 0
+    idle = asyncio.Event()
+    idle.set()
+
+    async def counted_send(fut: Any) -> None:
+        nonlocal in_flight
+        in_flight += 1
+        idle.clear()
+        try:
+            await send_pending(fut)
+        finally:
+            in_flight -= 1
+            if not in_flight:
+                idle.set()
 
     async def commit_transactions(*args: Any, **kwargs: Any) -> Any:
-        while producer.buffer.size:       # Faust's buffer flush returns after 0.1 s without progress
-            await producer.buffer.flush()
+        while buffer.size or in_flight:
+            await buffer.flush()          # Faust's flush returns after 0.1 s without progress
+            await idle.wait()
         await producer.flush()            # and what the Kafka clients still have in flight
         return await commit(*args, **kwargs)
 
+    buffer._send_pending = counted_send
     producer.commit_transactions = commit_transactions
 
 
