@@ -6,10 +6,7 @@ Read it in one sitting:
     the all-MiniLM-L6-v2 sentence encoder, see ``text.py``), so a brand-new item with a title but no interactions
     already has a meaningful embedding (cold start);
   * a ``transformers`` ``LlamaModel`` reads the history (left-padded, causal) and its last hidden state is dotted with
-    every item embedding (tied input/output embeddings) to give next-item logits;
-  * optionally (``freq_alpha`` > 0) each attention sub-layer is mixed with a causal form of BSARec's frequency
-    filter: ``alpha * (low + beta * (x - low)) + (1 - alpha) * attention``, ``low`` the mean of the last
-    ``freq_window`` positions (0 = the whole prefix), ``beta`` learned per channel (``_freq_mix``).
+    every item embedding (tied input/output embeddings) to give next-item logits.
 Standard artefacts: ``save_pretrained``/``from_pretrained`` directories with ``config.json``, ``model.safetensors``
 and ``vocab.json`` (``vocab.py``; ``table.py`` reads the item table from them without torch).
 """
@@ -28,8 +25,7 @@ from streamrec.model.vocab import PAD, ItemVocab   # noqa: F401  (re-exported: t
 class ItemLMConfig(LlamaConfig):
     model_type = "streamrec-item-lm"
 
-    def __init__(self, n_items: int = 1, text_dim: int = 0, embedding_dropout: float = 0.0, freq_alpha: float = 0.0,
-                 freq_window: int = 0, **kwargs):
+    def __init__(self, n_items: int = 1, text_dim: int = 0, embedding_dropout: float = 0.0, **kwargs):
         kwargs.setdefault("vocab_size", n_items + 1)
         kwargs.setdefault("pad_token_id", PAD)
         kwargs.setdefault("tie_word_embeddings", False)
@@ -39,8 +35,6 @@ class ItemLMConfig(LlamaConfig):
         self.n_items = n_items
         self.text_dim = text_dim
         self.embedding_dropout = embedding_dropout
-        self.freq_alpha = freq_alpha
-        self.freq_window = freq_window
 
 
 class ItemLM(PreTrainedModel):
@@ -59,12 +53,6 @@ class ItemLM(PreTrainedModel):
         self.drop = nn.Dropout(config.embedding_dropout)
         self.backbone = LlamaModel(config)
         self.backbone.embed_tokens = None   # we feed inputs_embeds; the backbone's own table would be dead weight
-        self._mask = None
-        if config.freq_alpha:
-            # BSARec's sqrt(beta): beta = sqrt_beta ** 2 stays >= 0; one row per layer
-            self.freq_sqrt_beta = nn.Parameter(torch.randn(config.num_hidden_layers, config.hidden_size))
-            for i, layer in enumerate(self.backbone.layers):
-                layer.self_attn.register_forward_hook(self._freq_hook(i), with_kwargs=True)
         self.post_init()
 
     def _init_weights(self, module):
@@ -77,27 +65,6 @@ class ItemLM(PreTrainedModel):
                     module.weight[module.padding_idx].zero_()
         elif hasattr(module, "weight") and module.__class__.__name__.endswith("RMSNorm"):
             nn.init.ones_(module.weight)
-
-    def _freq_hook(self, layer: int):
-        def hook(module, args, kwargs, output):
-            x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            mixed = self._freq_mix(x, layer)
-            a = self.config.freq_alpha
-            return (a * mixed + (1 - a) * output[0],) + tuple(output[1:])
-        return hook
-
-    def _freq_mix(self, x: torch.Tensor, layer: int) -> torch.Tensor:
-        """low + beta * high of the (normalised) layer input, causally: BSARec keeps the lowest DFT frequencies of
-        the whole sequence, which would let a position see its own targets when every position is trained; a
-        running mean over the past is the causal low-pass. Padding positions (left) are left out of the means."""
-        m = self._mask.to(x.dtype)[..., None]
-        csum, ccount = torch.cumsum(x * m, dim=1), torch.cumsum(m, dim=1)
-        w = self.config.freq_window
-        if w and w < x.shape[1]:
-            csum = csum - nn.functional.pad(csum, (0, 0, w, 0))[:, :-w]
-            ccount = ccount - nn.functional.pad(ccount, (0, 0, w, 0))[:, :-w]
-        low = csum / ccount.clamp(min=1.0)
-        return low + self.freq_sqrt_beta[layer] ** 2 * (x - low)
 
     def item_embeddings(self, tokens: Sequence[int] | None = None) -> torch.Tensor:
         """[n_items + 1, hidden]: the table used both to read histories and to score candidates; with ``tokens``
@@ -116,11 +83,7 @@ class ItemLM(PreTrainedModel):
         x = self.drop(nn.functional.embedding(input_ids, table))
         # Left padding: positions count from each sequence's first real token.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        self._mask = attention_mask            # read by the frequency hooks of this forward pass
-        try:
-            out = self.backbone(inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids)
-        finally:
-            self._mask = None
+        out = self.backbone(inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids)
         return out.last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

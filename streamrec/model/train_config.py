@@ -34,8 +34,6 @@ class TrainConfig:
                                         #   style; training-time forward hooks, the saved model is unchanged)
     id_dropout: float = 0.0             # share of items whose id embedding is dropped per step (text-only items:
                                         #   teaches a text-aware model to rank cold-start items); needs use_text
-    freq_alpha: float = 0.0             # weight of the causal frequency filter against attention (0 = attention only)
-    freq_window: int = 0                #   its low-pass: the mean of the last N positions (0 = the whole prefix)
     initializer_range: float = 0.02
     use_text: bool = False              # add projected title embeddings (all-MiniLM-L6-v2, 384-d) to item embeddings
     text_model: str = ""                # "" = bundled all-MiniLM-L6-v2, or a local sentence-transformers directory
@@ -72,7 +70,6 @@ class TrainConfig:
         from streamrec.model.itemlm import ItemLMConfig   # torch + transformers: only when a model is built
         return ItemLMConfig(
             n_items=n_items, text_dim=text_dim, embedding_dropout=self.embedding_dropout,
-            freq_alpha=self.freq_alpha, freq_window=self.freq_window,
             hidden_size=self.hidden_size, intermediate_size=self.intermediate_size or 4 * self.hidden_size,
             num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
             num_key_value_heads=self.num_heads, max_position_embeddings=self.max_len,
