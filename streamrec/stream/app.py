@@ -103,6 +103,9 @@ def create_app(settings: Settings, scorer=None) -> faust.App:
     sink = KafkaSink(app, [interactions, recommendations, dead_letters, erasure], exactly_once)
     if exactly_once:
         flush_before_transaction_commit(app.producer)
+        log.warning("processing_guarantee=exactly_once: with Faust 0.15.3 a crash can still stall a partition or "
+                    "lose state updates after the restart (docs/benchmarks.md, 'A stall after the restart'); "
+                    "at_least_once, the default, is the guarantee tested for no loss")
     pipeline = Pipeline(settings, scorer, FaustStateStore(user_state), sink, catalog)
     app.scorer, app.user_state, app.catalog, app.pipeline = scorer, user_state, catalog, pipeline
     readiness = app.readiness = Readiness(settings.ready_broker_timeout_s)

@@ -220,8 +220,11 @@ class Stack:
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
-                for r in c:
-                    got.append(r if raw else (r.key, json.loads(r.value)))
+                # poll, not ``for r in c``: that iterator only returns after 500 ms without a record, so against a
+                # steady stream the condition was first checked when the stream had ended (a "mid-stream" kill
+                # then landed after the last event)
+                for batch in c.poll(timeout_ms=500).values():
+                    got.extend(r if raw else (r.key, json.loads(r.value)) for r in batch)
                 if until(got):
                     return got
                 for w in self.workers:

@@ -119,12 +119,17 @@ def behind_committed(stack: Stack, committed: dict[int, int], event_ids: set[str
     return sorted(e for e in event_ids if where[e][1] < committed.get(where[e][0], 0))
 
 
-def xfail_stall(what: str, lost: list[str]) -> None:
-    """The known Faust 0.15.3 exactly_once defect (docs/benchmarks.md, "A stall after the restart"): reported with
-    what it would lose, not failed -- nothing in this project can fix Faust's transaction routing, and exactly_once
-    is documented as not production-ready (at_least_once, the default, is tested for no loss)."""
-    pytest.xfail(f"exactly_once stall after the restart: {what}; {len(lost)} of those events are behind the "
-                 f"committed offsets, lost if the worker dies now: {lost[:5]}")
+def judge_stall(what: str, lost: list[str]) -> None:
+    """A stall after the restart (docs/benchmarks.md, "A stall after the restart"): events neither answered nor
+    applied yet. Those still ahead of the committed offsets would be processed after a restart (a liveness fault);
+    those behind them are lost. Both are known Faust 0.15.3 exactly_once defects that this project has narrowed
+    but not removed (two causes fixed in ``adapters.flush_before_transaction_commit``; the loss that remains, in
+    about 1 of 7 runs, is documented, and exactly_once is not the default): reported as an expected failure with
+    the lost events counted, after checking that nothing was applied twice. at_least_once's crash tests assert
+    no loss."""
+    verdict = (f"LOST {len(lost)} events behind the committed offsets: {lost[:5]}" if lost
+               else "none of them behind the committed offsets")
+    pytest.xfail(f"exactly_once stall after the restart: {what}; {verdict}")
 
 
 def assert_none_applied_twice(stack: Stack, n_each: int) -> int:
@@ -152,7 +157,7 @@ def check_exact(stack: Stack, users: list[str], evs: list, n_each: int) -> dict:
         answered_ids = {m["trigger_event_id"] for _, m in stack.consume(topic, settled(), read_committed=True)}
         lost = behind_committed(stack, offsets, want - answered_ids)
         assert_none_applied_twice(stack, n_each)
-        xfail_stall(f"{len(want - answered_ids)} recommendations never committed (none applied twice)", lost)
+        judge_stall(f"{len(want - answered_ids)} recommendations never committed (none applied twice)", lost)
     per_event = Counter(m["trigger_event_id"] for _, m in committed)
     uncommitted = Counter(m["trigger_event_id"] for _, m in stack.consume(topic, lambda rs: len(rs) >= len(committed)))
     counts = {"events": len(evs), "committed_recs": len(committed),
@@ -176,7 +181,7 @@ def check_exact(stack: Stack, users: list[str], evs: list, n_each: int) -> dict:
         applied = {e for st in latest.values() for e in st["recent_event_ids"]}   # dedupe window 256 > n_each
         lost = behind_committed(stack, offsets, want - applied)
         applications = assert_none_applied_twice(stack, n_each)
-        xfail_stall(f"{applications} of {n_each * len(users)} applications in the changelog (none twice), "
+        judge_stall(f"{applications} of {n_each * len(users)} applications in the changelog (none twice), "
                     f"{len(want - applied)} missing", lost)
     # what the stall branches rely on, checked here too: the group's committed offsets can be read, and every
     # event produced is found by id in the interactions topic (with nothing committed, none would be lost)
